@@ -1,0 +1,32 @@
+# The contract: `make demo` and `make test` set up what is missing, then run.
+# Set-up is driven by a stamp file, so a second run reinstalls nothing.
+PYTHON ?= python3.11
+VENV ?= .venv
+STAMP := $(VENV)/.revperception-setup
+SETUP_INPUTS := requirements.txt requirements-ros.txt constraints.txt setup.py setup.cfg \
+	scripts/setup_env.sh scripts/build_vision_msgs.sh $(wildcard interfaces/vision_msgs/msg/*.msg) \
+	interfaces/vision_msgs/CMakeLists.txt
+export YOLO_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	PYTHON=$(PYTHON) scripts/setup_env.sh $(VENV)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/revperception demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# pytest exits 5 when it collects no tests: say so, and fail (a suite that runs nothing is broken).
+test: lint
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) build demo-out .pytest_cache

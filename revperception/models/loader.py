@@ -1,0 +1,48 @@
+"""Build a YOLOv5 from what users have: an Ultralytics model YAML or checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import ROOT, YAML
+
+# Ultralytics ships the COCO class names, so YAML-built 80-class models get real names offline.
+_COCO_NAMES: dict[int, str] = YAML.load(ROOT / "cfg/datasets/coco.yaml")["names"]
+
+
+@dataclass
+class LoadedModel:
+    """A detection network with what is needed to run it."""
+
+    model: nn.Module
+    names: dict[int, str]
+    stride: int
+    source: str
+
+
+def _names_for(model: nn.Module, nc: int) -> dict[int, str]:
+    names = getattr(model, "names", None)
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    if names and any(str(k) != v for k, v in names.items()):
+        return {int(k): str(v) for k, v in names.items()}
+    return dict(_COCO_NAMES) if nc == 80 else {i: f"class{i}" for i in range(nc)}
+
+
+def load_model(weights: str | Path) -> LoadedModel:
+    """Load `weights`: a model YAML (e.g. yolov5n.yaml, fresh weights) or an Ultralytics .pt checkpoint."""
+    weights = str(weights)
+    if weights.endswith((".yaml", ".yml")):
+        model = DetectionModel(weights, verbose=False)
+    elif weights.endswith(".pt"):
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"no such checkpoint: {weights}")
+        model, _ = load_checkpoint(weights, device="cpu", fuse=False)
+    else:
+        raise ValueError(f"unsupported weights {weights!r}: expected a model .yaml or a .pt checkpoint")
+    model = model.float().eval()
+    nc = int(model.yaml["nc"]) if hasattr(model, "yaml") else len(model.names)
+    return LoadedModel(model=model, names=_names_for(model, nc), stride=int(model.stride.max()), source=weights)

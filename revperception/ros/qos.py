@@ -1,0 +1,18 @@
+"""QoS profiles chosen on purpose, in one place."""
+
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+# Camera frames: best effort, shallow. A late frame is worth less than the next one.
+IMAGE_SENSOR_DATA: QoSProfile = qos_profile_sensor_data
+# For recorded or bridged streams whose publishers are reliable-only.
+IMAGE_RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# Detections: reliable so downstream planners and recorders see every result.
+DETECTIONS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def image_qos(name: str) -> QoSProfile:
+    """The image QoS for parameter value `name` ('sensor_data' or 'reliable')."""
+    profiles = {"sensor_data": IMAGE_SENSOR_DATA, "reliable": IMAGE_RELIABLE}
+    if name not in profiles:
+        raise ValueError(f"image_qos must be one of {sorted(profiles)}, got {name!r}")
+    return profiles[name]

@@ -1,0 +1,1 @@
+"""Tools around the node: synthetic scenes and the demo (these may import rclpy)."""

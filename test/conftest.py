@@ -1,0 +1,41 @@
+"""Test-session wiring: an isolated DDS domain on loopback, shared fixtures, optional ../shared data."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# One DDS domain per test session, discovery on this host only: parallel runs and other
+# sessions on the machine never see each other's topics. Subprocesses inherit it.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def ros_context() -> Iterator[None]:
+    """rclpy initialised for one test, shut down after it."""
+    import rclpy
+
+    rclpy.init()
+    try:
+        yield
+    finally:
+        rclpy.try_shutdown()
+
+
+def shared_path(relative: str) -> Path:
+    """A file under ../shared, or a skip with the reason when it is absent (as on users' machines)."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared holds optional real data)")
+    return path

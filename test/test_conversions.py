@@ -1,0 +1,81 @@
+"""Image decoding without cv_bridge: every supported encoding, step padding, and bad input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image
+
+from revperception.models import Detections
+from revperception.ros.conversions import ImageError, bgr_to_image, image_to_bgr, to_detection2d_array
+
+RNG = np.random.default_rng(1)
+BGR = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+def _msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False) -> Image:
+    """Pack `pixels` row by row with `pad` junk bytes after each row, as a camera driver may."""
+    h, w = pixels.shape[:2]
+    dtype = pixels.dtype.newbyteorder(">" if bigendian else "<")
+    rows = pixels.astype(dtype).reshape(h, -1).view(np.uint8)
+    padded = np.concatenate([rows, np.full((h, pad), 0xAB, np.uint8)], axis=1)
+    return Image(height=h, width=w, encoding=encoding, is_bigendian=int(bigendian),
+                 step=rows.shape[1] + pad, data=padded.tobytes())
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+@pytest.mark.parametrize(
+    ("encoding", "pixels", "expected"),
+    [
+        ("bgr8", BGR, BGR),
+        ("rgb8", BGR[..., ::-1], BGR),
+        ("bgra8", cv2.cvtColor(BGR, cv2.COLOR_BGR2BGRA), BGR),
+        ("rgba8", cv2.cvtColor(BGR, cv2.COLOR_BGR2RGBA), BGR),
+        ("mono8", BGR[..., 0], np.repeat(BGR[..., :1], 3, axis=2)),
+    ],
+)
+def test_encodings_decode_to_bgr(encoding: str, pixels: np.ndarray, expected: np.ndarray, pad: int) -> None:
+    assert np.array_equal(image_to_bgr(_msg(np.ascontiguousarray(pixels), encoding, pad)), expected)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_mono16_keeps_the_high_byte(bigendian: bool) -> None:
+    mono = RNG.integers(0, 65536, (4, 6), dtype=np.uint16)
+    out = image_to_bgr(_msg(mono, "mono16", pad=2, bigendian=bigendian))
+    assert np.array_equal(out, np.repeat((mono >> 8).astype(np.uint8)[..., None], 3, axis=2))
+
+
+def test_bgr_round_trip() -> None:
+    assert np.array_equal(image_to_bgr(bgr_to_image(BGR)), BGR)
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)), "unsupported encoding"),
+        (Image(height=0, width=2, encoding="bgr8", step=6, data=b""), "empty image"),
+        (Image(height=2, width=2, encoding="bgr8", step=5, data=bytes(10)), "shorter than a row"),
+        (Image(height=2, width=2, encoding="bgr8", step=6, data=bytes(11)), "data holds 11 bytes"),
+        (Image(height=100_000, width=100_000, encoding="mono8", step=100_000, data=b""), "exceeds"),
+    ],
+)
+def test_bad_images_raise_a_clear_error(msg: Image, reason: str) -> None:
+    with pytest.raises(ImageError, match=reason):
+        image_to_bgr(msg)
+
+
+def test_detections_become_vision_msgs() -> None:
+    detections = Detections(
+        boxes=np.array([[10, 20, 50, 80]], np.float32), scores=np.array([0.9], np.float32),
+        class_ids=np.array([2]), names={0: "person", 2: "car"},
+    )
+    header = bgr_to_image(BGR).header
+    header.frame_id = "camera"
+    msg = to_detection2d_array(detections, header)
+    (det,) = msg.detections
+    assert msg.header.frame_id == det.header.frame_id == "camera"
+    assert det.results[0].hypothesis.class_id == "car"
+    assert det.results[0].hypothesis.score == pytest.approx(0.9)
+    assert (det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.size_x, det.bbox.size_y) == (
+        30.0, 50.0, 40.0, 60.0)

@@ -1,0 +1,29 @@
+"""The ament_python package: manifest, installed files, and the core/ROS boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from catkin_pkg.package import parse_package
+from conftest import ROOT
+
+
+def test_manifest_declares_what_the_node_needs() -> None:
+    package = parse_package(str(ROOT / "package.xml"))
+    assert package.package_format == 3
+    assert package.get_build_type() == "ament_python"
+    depends = {d.name for d in package.build_depends} & {d.name for d in package.exec_depends}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "vision_msgs",
+            "lifecycle_msgs"} <= depends
+    assert {"cv_bridge", "launch", "launch_ros"} <= {d.name for d in package.exec_depends}
+    assert "python3-pytest" in {d.name for d in package.test_depends}
+
+
+def test_ament_index_marker_exists() -> None:
+    assert (ROOT / "resource" / "revperception").is_file()
+
+
+def test_core_imports_no_rclpy() -> None:
+    code = "import sys, revperception.models, revperception.cli; assert 'rclpy' not in sys.modules, 'rclpy leaked'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
