@@ -14,6 +14,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
+from conftest import stop_process
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
 from revperception.ros.spin import spin_until
@@ -45,5 +46,4 @@ def test_image_and_detections_cross_processes(ros_context: None) -> None:
         assert responder.poll() is None, "the responder process died"
     finally:
         node.destroy_node()
-        responder.terminate()
-        responder.wait(timeout=10)
+        stop_process(responder)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from catkin_pkg.package import parse_package
+
 from conftest import ROOT
 
 

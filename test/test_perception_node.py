@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 
 from builtin_interfaces.msg import Time
-from conftest import BIN
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
+from conftest import BIN, stop_process
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
 from revperception.ros.spin import spin_until
@@ -36,8 +36,7 @@ def test_node_answers_frames_with_detections(ros_context: None) -> None:
         assert node_proc.poll() is None
     finally:
         node.destroy_node()
-        node_proc.terminate()
-        node_proc.wait(timeout=10)
+        stop_process(node_proc)
 
 
 def test_bad_weights_exit_non_zero_with_a_readable_line() -> None:

@@ -1,9 +1,14 @@
-"""Build a YOLOv5 from what users have: an Ultralytics model YAML or checkpoint."""
+"""Build a YOLOv5 from what users have: an Ultralytics model YAML or checkpoint.
+
+Every loaded model carries its `arch` (family + model config dict), from which `build_model` rebuilds
+the same network with fresh weights: checkpoints store `arch` and tensors, never pickled modules.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
@@ -12,15 +17,18 @@ from ultralytics.utils import ROOT, YAML
 # Ultralytics ships the COCO class names, so YAML-built 80-class models get real names offline.
 _COCO_NAMES: dict[int, str] = YAML.load(ROOT / "cfg/datasets/coco.yaml")["names"]
 
+ULTRALYTICS = "ultralytics"
+
 
 @dataclass
 class LoadedModel:
-    """A detection network with what is needed to run it."""
+    """A detection network with what is needed to run and rebuild it."""
 
     model: nn.Module
     names: dict[int, str]
     stride: int
     source: str
+    arch: dict[str, Any]  # {"family": ..., "cfg": model config dict}
 
 
 def _names_for(model: nn.Module, nc: int) -> dict[int, str]:
@@ -30,6 +38,13 @@ def _names_for(model: nn.Module, nc: int) -> dict[int, str]:
     if names and any(str(k) != v for k, v in names.items()):
         return {int(k): str(v) for k, v in names.items()}
     return dict(_COCO_NAMES) if nc == 80 else {i: f"class{i}" for i in range(nc)}
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """The network described by `arch`, with fresh weights, in eval mode."""
+    if arch.get("family") != ULTRALYTICS:
+        raise ValueError(f"unknown model family {arch.get('family')!r}")
+    return DetectionModel(dict(arch["cfg"]), verbose=False).float().eval()
 
 
 def load_model(weights: str | Path) -> LoadedModel:
@@ -44,5 +59,8 @@ def load_model(weights: str | Path) -> LoadedModel:
     else:
         raise ValueError(f"unsupported weights {weights!r}: expected a model .yaml or a .pt checkpoint")
     model = model.float().eval()
-    nc = int(model.yaml["nc"]) if hasattr(model, "yaml") else len(model.names)
-    return LoadedModel(model=model, names=_names_for(model, nc), stride=int(model.stride.max()), source=weights)
+    nc = int(model.yaml["nc"])
+    return LoadedModel(
+        model=model, names=_names_for(model, nc), stride=int(model.stride.max()), source=weights,
+        arch={"family": ULTRALYTICS, "cfg": dict(model.yaml)},
+    )

@@ -7,6 +7,7 @@ frames and detections cross Fast DDS. Exits non-zero when any part of the chain 
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,10 +84,11 @@ def run_demo(weights: str = "yolov5n.yaml", frames: int = 20, startup_timeout_s:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # as `ros2 launch` stops its nodes
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            result.failures.append("the perception node did not exit within 60 s of SIGINT")
             proc.kill()
 
 
