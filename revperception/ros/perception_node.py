@@ -9,14 +9,15 @@ import time
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
 from revperception.models import Detector, load_model
 from revperception.ros import qos
 from revperception.ros.conversions import ImageError, image_to_bgr, to_detection2d_array
+from revperception.ros.spin import spin_until_signalled
 
 
 class PerceptionNode(Node):
@@ -62,7 +63,7 @@ class PerceptionNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = PerceptionNode()
     except Exception as err:  # a bad model must exit non-zero with a readable line, not a traceback wall
@@ -70,9 +71,7 @@ def main(args: list[str] | None = None) -> None:
         rclpy.try_shutdown()
         raise SystemExit(1) from err
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_signalled(node)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

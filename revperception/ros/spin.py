@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -18,3 +20,20 @@ def spin_until(node: Node, done: Callable[[], bool], timeout_s: float) -> bool:
             return False
         rclpy.spin_once(node, timeout_sec=min(0.05, remaining))
     return True
+
+
+def spin_until_signalled(node: Node, poll_s: float = 0.1) -> None:
+    """Spin until SIGINT or SIGTERM, with the signals handled here rather than by rclpy.
+
+    rclpy's own handler was seen, once under heavy load, to leave a node spinning after SIGTERM. A
+    Python handler that only sets a flag, checked between short spins, cannot lose the request.
+    Initialise rclpy with `signal_handler_options=SignalHandlerOptions.NO` to use it.
+    """
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.is_set() and rclpy.ok():
+            rclpy.spin_once(node, timeout_sec=poll_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

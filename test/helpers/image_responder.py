@@ -8,15 +8,17 @@ import zlib
 
 import rclpy
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 from revperception.ros import qos
 from revperception.ros.conversions import image_to_bgr
+from revperception.ros.spin import spin_until_signalled
 
 
 def main() -> None:
-    rclpy.init()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node("image_responder")
     publisher = node.create_publisher(Detection2DArray, "reply", qos.DETECTIONS)
 
@@ -34,9 +36,7 @@ def main() -> None:
 
     node.create_subscription(Image, "image", on_image, qos.IMAGE_RELIABLE)
     try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
+        spin_until_signalled(node)
     finally:
         rclpy.try_shutdown()
 
