@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # One DDS domain per test session, discovery on this host only: parallel runs and other
 # sessions on the machine never see each other's topics. Subprocesses inherit it.
@@ -54,3 +55,13 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
         proc.kill()
         proc.wait()
         raise AssertionError(f"{proc.args[0]} did not exit within {timeout_s} s of SIGINT") from None
+
+
+def randomise_batchnorms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Fresh models have identity BatchNorms; real ones do not, and the invariants must hold for those."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            for tensor, low, high in ((bn.weight, 0.5, 1.5), (bn.bias, -0.2, 0.2), (bn.running_mean, -0.2, 0.2),
+                                      (bn.running_var, 0.5, 1.5)):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)

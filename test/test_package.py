@@ -26,5 +26,7 @@ def test_ament_index_marker_exists() -> None:
 
 
 def test_core_imports_no_rclpy() -> None:
-    code = "import sys, revperception.models, revperception.cli; assert 'rclpy' not in sys.modules, 'rclpy leaked'"
+    core = "revperception.models, revperception.pruning, revperception.checkpoint, revperception.runtime, " \
+        "revperception.bench, revperception.cli"
+    code = f"import sys, {core}; assert 'rclpy' not in sys.modules, 'rclpy leaked'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

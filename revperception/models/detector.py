@@ -20,6 +20,7 @@ class Detections:
     scores: np.ndarray  # (N,) float32
     class_ids: np.ndarray  # (N,) int64
     names: dict[int, str]
+    level: str = ""  # the architecture level that produced them, for reversible models
 
     def __len__(self) -> int:
         return len(self.scores)

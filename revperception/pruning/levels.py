@@ -1,0 +1,80 @@
+"""Nested pruning levels and their encodings.
+
+A level keeps, per channel group, the first k channels of the ranking (after `permute_to_prefix`, a
+prefix). Levels are nested by construction: a smaller level's k never exceeds a larger level's.
+Encodings follow the paper's Algorithm 2: one for the full architecture and, per level, only what
+differs from it; with prefix levels that is a (group, k) pair per pruned group: 4 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from revperception.pruning.structure import ChannelGroup
+
+FULL = "full"
+PRUNED = "pruned"
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Level names from smallest to full, and per level the channels kept in each group."""
+
+    names: tuple[str, ...]
+    keep: dict[str, tuple[int, ...]]
+
+    def __post_init__(self) -> None:
+        if self.names[-1] != FULL or self.names[0] != PRUNED or len(set(self.names)) != len(self.names):
+            raise ValueError(f"levels must run from {PRUNED!r} to {FULL!r} with unique names, got {self.names}")
+        for smaller, larger in zip(self.names, self.names[1:], strict=False):
+            if any(a > b for a, b in zip(self.keep[smaller], self.keep[larger], strict=True)):
+                raise ValueError(f"level {smaller!r} is not nested in {larger!r}")
+
+    def index(self, name: str) -> int:
+        if name not in self.keep:
+            raise KeyError(f"unknown level {name!r}; this model has {', '.join(self.names)}")
+        return self.names.index(name)
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {name: list(self.keep[name]) for name in self.names}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[int]], names: Sequence[str]) -> Levels:
+        return cls(names=tuple(names), keep={name: tuple(int(k) for k in data[name]) for name in names})
+
+
+def kept_channels(size: int, fraction: float, round_to: int = 1) -> int:
+    """Channels left when `fraction` of `size` filters are pruned (at least one; rounded up to `round_to`)."""
+    keep = max(1, size - round(size * fraction))
+    return min(size, math.ceil(keep / round_to) * round_to)
+
+
+def plan_levels(groups: Sequence[ChannelGroup], fractions: Sequence[float], round_to: int = 1) -> Levels:
+    """Levels that prune each filter fraction uniformly per group; the largest fraction is `pruned`.
+
+    Intermediate levels are named `level1`, `level2`, ... from smaller to larger.
+    """
+    if not fractions or any(not 0.0 < f < 1.0 for f in fractions):
+        raise ValueError(f"filter fractions must lie in (0, 1), got {list(fractions)}")
+    ordered = sorted(set(fractions), reverse=True)
+    names = (PRUNED, *(f"level{i}" for i in range(1, len(ordered))), FULL)
+    keep = {
+        name: tuple(kept_channels(g.size, f, round_to) for g in groups)
+        for name, f in zip(names[:-1], ordered, strict=True)
+    }
+    keep[FULL] = tuple(g.size for g in groups)
+    return Levels(names=names, keep=keep)
+
+
+def encode_full(groups: Sequence[ChannelGroup]) -> bytes:
+    """The full architecture's channel counts: a count, then uint16 per group."""
+    return struct.pack(f"<H{len(groups)}H", len(groups), *(g.size for g in groups))
+
+
+def encode_level(groups: Sequence[ChannelGroup], keep: Sequence[int]) -> bytes:
+    """Only the groups a level changes: (uint16 group index, uint16 kept channels) each."""
+    changed = [(i, k) for i, (g, k) in enumerate(zip(groups, keep, strict=True)) if k != g.size]
+    return b"".join(struct.pack("<HH", i, k) for i, k in changed)

@@ -1,0 +1,72 @@
+"""The `revperception` command as users run it: prune without data, bench, and clear failures on bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN
+from revperception.checkpoint import load_reversible, read_metadata
+
+
+def revperception(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "revperception"), *args], capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "n.rvp.safetensors"
+    proc = revperception("prune", "--weights", "yolov5n.yaml", "--sparsity", "0.36", "--levels", "2",
+                         "--no-finetune", "--imgsz", "160", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    return out
+
+
+def test_prune_writes_a_verified_reversible_checkpoint(checkpoint: Path) -> None:
+    meta = read_metadata(checkpoint)
+    assert meta["levels"]["names"] == ["pruned", "level1", "full"]
+    assert meta["imgsz"] == 160 and meta["names"]["0"] == "person"
+    assert meta["info"]["ranking"] == "l1" and meta["info"]["finetune"] == "none"
+    pruned = load_reversible(checkpoint)
+    assert [sum(pruned.levels.keep[n]) for n in pruned.levels.names] == sorted(
+        sum(pruned.levels.keep[n]) for n in pruned.levels.names)
+
+
+def test_bench_reports_every_figure(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = revperception("bench", "--model", str(checkpoint), "--imgsz", "160", "--runs", "1", "--loads", "1",
+                         "--switches", "200", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "swap (median)" in proc.stdout
+    result = json.loads(out.read_text())
+    for key in ("swap_ms", "disk_load_ms", "infer_full_ms", "infer_pruned_ms", "latency_ratio", "params_full",
+                "params_pruned", "param_sparsity", "flops_ratio", "encoding_bytes", "resident_bytes", "dense_bytes"):
+        assert key in result, key
+    assert 0.4 < result["param_sparsity"] < 0.8 and 0.2 < result["flops_ratio"] < 0.8
+    assert result["resident_bytes"] <= 1.02 * result["dense_bytes"]
+    assert result["encoding_bytes"] < 8000
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "tampered"])
+def test_bad_checkpoints_exit_non_zero_with_a_reason(checkpoint: Path, tmp_path: Path, damage: str) -> None:
+    bad = tmp_path / "bad.rvp.safetensors"
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "tampered":
+        data[-100] ^= 0xFF
+        bad.write_bytes(data)
+    proc = revperception("bench", "--model", str(bad), "--runs", "1", "--loads", "1")
+    assert proc.returncode == 1
+    reason = {"missing": "does not exist", "truncated": "truncated", "tampered": "sha256 mismatch"}[damage]
+    assert reason in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prune_with_fine_tuning_is_refused_until_it_exists(tmp_path: Path) -> None:
+    proc = revperception("prune", "--weights", "yolov5n.yaml", "--out", str(tmp_path / "x.rvp.safetensors"))
+    assert proc.returncode == 2 and "--no-finetune" in proc.stderr
