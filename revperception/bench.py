@@ -6,6 +6,7 @@ and load its weights from disk. Timings are medians of interleaved runs on this 
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import tempfile
@@ -49,6 +50,19 @@ def _flops(model: ReversibleModel, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+@torch.inference_mode()
+def measure_levels(pruned: PrunedModel, imgsz: int | None = None) -> dict[str, dict[str, int]]:
+    """Parameters and FLOPs (batch 1, square input) each level runs; measured on a copy of the model."""
+    model = ReversibleModel(copy.deepcopy(pruned.model), pruned.groups, pruned.levels, fuse=False,
+                            channels_last=False)
+    x = torch.zeros(1, 3, imgsz or pruned.imgsz, imgsz or pruned.imgsz)
+    stats = {}
+    for level in pruned.levels.names:
+        model.set_level(level)
+        stats[level] = {"params": model.parameter_count(level), "flops": _flops(model, x)}
+    return stats
+
+
 def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
     """Median time to build the full model and load its weights from a file: the paper's alternative."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +76,6 @@ def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
         return _median_ms(load, repeats)
 
 
-@torch.inference_mode()
 def run_bench(source: str, *, sparsity: float = 0.36, imgsz: int = 640, switches: int = 200, loads: int = 5,
               runs: int = 10) -> dict[str, Any]:
     """Measure a checkpoint, or a model pruned on the fly (no fine-tuning) to `sparsity` of its filters."""
@@ -70,26 +83,34 @@ def run_bench(source: str, *, sparsity: float = 0.36, imgsz: int = 640, switches
         pruned = load_reversible(source)
     else:
         pruned = prune_to_levels(load_model(source), [sparsity], imgsz=imgsz)
-    disk_load_ms = _disk_load_ms(pruned, loads)
+    with torch.inference_mode():
+        return _measure(pruned, source=source, sparsity=sparsity, imgsz=imgsz, switches=switches, loads=loads,
+                        runs=runs)
 
+
+def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int, switches: int, loads: int,
+             runs: int) -> dict[str, Any]:
+    disk_load_ms = _disk_load_ms(pruned, loads)
+    stats = measure_levels(pruned, imgsz)
     dense = build_model(pruned.arch)
     dense.load_state_dict(pruned.model.state_dict())
     fuse_batchnorms(dense)
+    dense = dense.to(memory_format=torch.channels_last)  # the same kernels the reversible model runs
+    # Last: the reversible model takes over pruned.model (fuses and slices it in place).
     model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, fuse=True, start_level=FULL)
     x = torch.rand(1, 3, imgsz, imgsz)
 
-    stats: dict[str, dict[str, float]] = {}
     for level in (FULL, PRUNED):
         model.set_level(level)
-        stats[level] = {"params": model.parameter_count(level), "flops": _flops(model, x)}
         model(x)  # warm-up: oneDNN builds its kernels once per shape
-    dense(x)
+    x_dense = x.contiguous(memory_format=torch.channels_last)
+    dense(x_dense)
     full_ms, pruned_ms, dense_ms = [], [], []
     for _ in range(runs):  # interleaved, so both levels see the same machine state
         for level, sink in ((FULL, full_ms), (PRUNED, pruned_ms)):
             model.set_level(level)
             sink.append(_median_ms(lambda: model(x), 1))
-        dense_ms.append(_median_ms(lambda: dense(x), 1))
+        dense_ms.append(_median_ms(lambda: dense(x_dense), 1))
 
     swap_ns = []
     for i in range(switches):

@@ -15,8 +15,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    from revperception.bench import measure_levels
     from revperception.checkpoint import save_reversible
     from revperception.models import load_model
+    from revperception.pruning import encode_full, encode_level
     from revperception.pruning.prune import prune_to_levels
 
     if not args.no_finetune:
@@ -25,10 +27,16 @@ def _prune(args: argparse.Namespace) -> int:
     fractions = [args.sparsity, *(args.sparsity * (i + 1) / args.levels for i in range(args.levels - 1))]
     pruned = prune_to_levels(load_model(args.weights), fractions, ranking=args.ranking, round_to=args.round_to,
                              imgsz=args.imgsz)
+    pruned.info["levels"] = measure_levels(pruned)
     checkpoint = save_reversible(args.out, pruned)
-    keep = ", ".join(f"{name} {sum(pruned.levels.keep[name])}" for name in pruned.levels.names)
-    print(f"wrote {args.out}: {len(pruned.groups)} channel groups; channels kept per level: {keep}; "
-          f"sha256 {checkpoint.sha256[:16]}")
+    full = pruned.info["levels"]["full"]
+    print(f"wrote {args.out} ({len(pruned.groups)} channel groups, sha256 {checkpoint.sha256[:16]})")
+    for name in pruned.levels.names:
+        stats = pruned.info["levels"][name]
+        encoding = encode_full(pruned.groups) if name == "full" else encode_level(pruned.groups,
+                                                                                  pruned.levels.keep[name])
+        print(f"  {name:<8} params {stats['params']:>10,} ({stats['params'] / full['params']:.3f})  "
+              f"FLOPs {stats['flops'] / full['flops']:.3f}  encoding {len(encoding)} B")
     return 0
 
 
@@ -75,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--sparsity", type=float, default=0.36, help="fraction of filters pruned per group")
     prune.add_argument("--levels", type=int, default=1, help="pruned levels below full (nested, evenly spread)")
     prune.add_argument("--ranking", choices=("l1", "l2"), default="l1", help="filter importance criterion")
-    prune.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple of this")
+    prune.add_argument("--round-to", type=int, default=16,
+                       help="round kept channels to a multiple of this (CPU kernels run blocks of 16)")
     prune.add_argument("--imgsz", type=int, default=640, help="inference size stored in the checkpoint")
     prune.add_argument("--no-finetune", action="store_true", help="prune only, on the given weights")
     prune.set_defaults(func=_prune)

@@ -123,14 +123,23 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 class ReversibleModel(nn.Module):
-    """A detection network that runs any of its nested levels on one set of weights."""
+    """A detection network that runs any of its nested levels on one set of weights.
+
+    It takes over `model`: BatchNorms are folded and prunable layers replaced in place, so the caller's
+    module becomes the reversible one (no copy of the weights is ever made).
+    """
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], levels: Levels, *, fuse: bool = True,
-                 start_level: str = PRUNED) -> None:
+                 channels_last: bool = True, start_level: str = PRUNED, device: str | torch.device = "cpu") -> None:
         super().__init__()
+        model.to(device)  # before any view is taken: views must point at the weights that will run
         if fuse:
             fuse_batchnorms(model)
+        self.channels_last = channels_last
+        if channels_last:  # oneDNN runs NHWC without reordering every activation to its blocked layout and back
+            for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         self.model = model.eval()
         self.levels = levels
         self._state = _LevelState()
@@ -177,6 +186,8 @@ class ReversibleModel(nn.Module):
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
         """One forward pass at the requested level; returns the raw head output and that level's name."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._lock:  # passes are serialised, so the level a pass reads cannot change under it
             self._state.current = index = self._requested
             out = self.model(x)
@@ -190,18 +201,19 @@ class ReversibleDetector:
     """Image in, detections out, at whichever nested level is active; `reverse()` toggles pruned/full."""
 
     def __init__(self, model: ReversibleModel, names: dict[int, str], *, stride: int = 32, imgsz: int = 640,
-                 conf: float = 0.25, iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 conf: float = 0.25, iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None) -> None:
         self.model = model
+        device = next(model.parameters()).device  # the model was built on its device; moving it would orphan views
         self.detector = Detector(model, names, stride=stride, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
                                  classes=classes, device=device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, fuse: bool = True, start_level: str = PRUNED,
-                        **options) -> ReversibleDetector:
+                        device: str | torch.device = "cpu", **options) -> ReversibleDetector:
         """Load and verify a `*.rvp.safetensors` checkpoint (no pickle) and build the reversible model."""
         loaded = load_reversible(path)
-        model = ReversibleModel(loaded.model, loaded.groups, loaded.levels, fuse=fuse, start_level=start_level)
+        model = ReversibleModel(loaded.model, loaded.groups, loaded.levels, fuse=fuse, start_level=start_level,
+                                device=device)
         options.setdefault("imgsz", loaded.imgsz)
         return cls(model, loaded.names, stride=loaded.stride, **options)
 

@@ -1,4 +1,4 @@
-"""Build a YOLOv5 from what users have: an Ultralytics model YAML or checkpoint.
+"""Build a YOLOv5 from what users have: an Ultralytics model YAML or checkpoint, or a yolov5 release checkpoint.
 
 Every loaded model carries its `arch` (family + model config dict), from which `build_model` rebuilds
 the same network with fresh weights: checkpoints store `arch` and tensors, never pickled modules.
@@ -18,6 +18,7 @@ from ultralytics.utils import ROOT, YAML
 _COCO_NAMES: dict[int, str] = YAML.load(ROOT / "cfg/datasets/coco.yaml")["names"]
 
 ULTRALYTICS = "ultralytics"
+YOLOV5_RELEASE = "yolov5-release"  # original ultralytics/yolov5 checkpoints, anchor-based head (models/release.py)
 
 
 @dataclass
@@ -42,19 +43,28 @@ def _names_for(model: nn.Module, nc: int) -> dict[int, str]:
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """The network described by `arch`, with fresh weights, in eval mode."""
-    if arch.get("family") != ULTRALYTICS:
-        raise ValueError(f"unknown model family {arch.get('family')!r}")
-    return DetectionModel(dict(arch["cfg"]), verbose=False).float().eval()
+    family = arch.get("family")
+    if family == ULTRALYTICS:
+        return DetectionModel(dict(arch["cfg"]), verbose=False).float().eval()
+    if family == YOLOV5_RELEASE:
+        from revperception.models.release import build_release_model  # release imports this module
+
+        return build_release_model(arch["cfg"])
+    raise ValueError(f"unknown model family {family!r}")
 
 
 def load_model(weights: str | Path) -> LoadedModel:
-    """Load `weights`: a model YAML (e.g. yolov5n.yaml, fresh weights) or an Ultralytics .pt checkpoint."""
+    """Load `weights`: a model YAML (e.g. yolov5n.yaml, fresh weights), or an Ultralytics or yolov5 release .pt."""
     weights = str(weights)
     if weights.endswith((".yaml", ".yml")):
         model = DetectionModel(weights, verbose=False)
     elif weights.endswith(".pt"):
         if not Path(weights).is_file():
             raise FileNotFoundError(f"no such checkpoint: {weights}")
+        from revperception.models.release import is_release_checkpoint, load_release_checkpoint  # imports this module
+
+        if is_release_checkpoint(weights):
+            return load_release_checkpoint(weights)
         model, _ = load_checkpoint(weights, device="cpu", fuse=False)
     else:
         raise ValueError(f"unsupported weights {weights!r}: expected a model .yaml or a .pt checkpoint")

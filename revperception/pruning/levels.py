@@ -8,7 +8,6 @@ differs from it; with prefix levels that is a (group, k) pair per pruned group: 
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,9 +46,13 @@ class Levels:
 
 
 def kept_channels(size: int, fraction: float, round_to: int = 1) -> int:
-    """Channels left when `fraction` of `size` filters are pruned (at least one; rounded up to `round_to`)."""
-    keep = max(1, size - round(size * fraction))
-    return min(size, math.ceil(keep / round_to) * round_to)
+    """Channels left when `fraction` of `size` filters are pruned, rounded to the nearest multiple of `round_to`.
+
+    CPU kernels (oneDNN on AVX-512) run channel blocks of 16: a multiple of 16 is markedly faster per FLOP
+    than the exact count. Never fewer than one block (or one channel), never more than `size`.
+    """
+    keep = size - size * fraction
+    return min(size, max(min(round_to, size), 1, round(keep / round_to) * round_to))
 
 
 def plan_levels(groups: Sequence[ChannelGroup], fractions: Sequence[float], round_to: int = 1) -> Levels:

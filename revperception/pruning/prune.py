@@ -34,7 +34,7 @@ class PrunedModel:
 
 
 def prune_to_levels(
-    loaded: LoadedModel, fractions: Sequence[float], *, ranking: str = "l1", round_to: int = 1, imgsz: int = 640
+    loaded: LoadedModel, fractions: Sequence[float], *, ranking: str = "l1", round_to: int = 16, imgsz: int = 640
 ) -> PrunedModel:
     """Rank every group's filters on the given weights and build levels pruning `fractions` of them."""
     model = loaded.model.eval()

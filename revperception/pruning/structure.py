@@ -69,6 +69,8 @@ def _member(name: str, module: nn.Module, item: Any, size: int) -> Member:
 
 def _trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning traces through autograd: enable it, and gradients on every parameter, for the trace only."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("channel groups cannot be traced under torch.inference_mode(): autograd is off")
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         with torch.enable_grad():
@@ -104,6 +106,8 @@ def find_groups(
                 raise ValueError(f"{names[module]} ({type(module).__name__}) carries pruned channels: unsupported")
         groups.append(ChannelGroup(names[root], size, tuple(sorted(set(members), key=lambda m: (m.module, m.kind)))))
         tp_groups.append(tp_group)
+    if not groups:
+        raise ValueError("no prunable channel groups found in this model")
     return groups, tp_groups
 
 
