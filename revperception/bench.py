@@ -63,6 +63,21 @@ def measure_levels(pruned: PrunedModel, imgsz: int | None = None) -> dict[str, d
     return stats
 
 
+@torch.inference_mode()
+def level_latencies(pruned: PrunedModel, imgsz: int | None = None, runs: int = 5) -> dict[str, float]:
+    """Median CPU latency (ms, batch 1, square input) of each level, interleaved, on a copy of the model."""
+    model = ReversibleModel(copy.deepcopy(pruned.model).cpu(), pruned.groups, pruned.levels, start_level=FULL)
+    x = torch.rand(1, 3, imgsz or pruned.imgsz, imgsz or pruned.imgsz)
+    times: dict[str, list[float]] = {name: [] for name in pruned.levels.names}
+    for repeat in range(runs + 1):
+        for name in pruned.levels.names:
+            model.set_level(name)
+            elapsed = _median_ms(lambda: model(x), 1)
+            if repeat:  # the first round builds oneDNN kernels for each shape
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
     """Median time to build the full model and load its weights from a file: the paper's alternative."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -15,15 +16,40 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    """No fine-tuning: rank and slice the given weights. Otherwise: the offline pipeline (down, then up)."""
+    if args.no_finetune:
+        return _prune_only(args)
+    if not args.data:
+        print("revperception prune: error: --data is required unless --no-finetune", file=sys.stderr)
+        return 2
+    from revperception.offline.pipeline import PruneConfig, run_pipeline
+    from revperception.offline.report import format_table
+
+    cfg = PruneConfig(
+        weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
+        step=args.step, max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
+        levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, loss=args.loss, lr=args.lr,
+        ranking=args.ranking, round_to=args.round_to, device=args.device, workers=args.workers,
+    )
+    try:
+        report = run_pipeline(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        print("revperception prune: interrupted; the last completed step is saved: rerun with --resume",
+              file=sys.stderr)
+        return 130
+    print(format_table(report))
+    levels = ", ".join(f"{name} mAP50 {lv['map50']:.3f}" for name, lv in report["levels"].items())
+    print(f"wrote {args.out}: {levels}")
+    return 0
+
+
+def _prune_only(args: argparse.Namespace) -> int:
     from revperception.bench import measure_levels
     from revperception.checkpoint import save_reversible
     from revperception.models import load_model
     from revperception.pruning import encode_full, encode_level
     from revperception.pruning.prune import prune_to_levels
 
-    if not args.no_finetune:
-        print("revperception prune: fine-tuning is not available yet; pass --no-finetune", file=sys.stderr)
-        return 2
     fractions = [args.sparsity, *(args.sparsity * (i + 1) / args.levels for i in range(args.levels - 1))]
     pruned = prune_to_levels(load_model(args.weights), fractions, ranking=args.ranking, round_to=args.round_to,
                              imgsz=args.imgsz)
@@ -37,6 +63,39 @@ def _prune(args: argparse.Namespace) -> int:
                                                                                   pruned.levels.keep[name])
         print(f"  {name:<8} params {stats['params']:>10,} ({stats['params'] / full['params']:.3f})  "
               f"FLOPs {stats['flops'] / full['flops']:.3f}  encoding {len(encoding)} B")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from revperception.checkpoint import atomic_write_text, load_reversible
+    from revperception.models import load_model
+    from revperception.offline import evaluate
+    from revperception.runtime import ReversibleModel
+
+    if bool(args.checkpoint) == bool(args.weights):
+        print("revperception eval: error: give exactly one of --checkpoint or --weights", file=sys.stderr)
+        return 2
+    if args.checkpoint:
+        pruned = load_reversible(args.checkpoint)
+        model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, start_level=args.level,
+                                device=args.device)
+        level, imgsz = args.level, args.imgsz or pruned.imgsz
+    else:
+        model, level, imgsz = load_model(args.weights).model, "dense", args.imgsz or 640
+    result = {**evaluate(model, args.data, imgsz=imgsz, device=args.device, split=args.split), "level": level,
+              "imgsz": imgsz}
+    for key in ("map50", "map50_95", "precision", "recall", "images", "level"):
+        print(f"{key:<10} {result[key]:.4f}" if isinstance(result[key], float) else f"{key:<10} {result[key]}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from revperception.offline.data import split_dataset
+
+    val = float(args.val) if "." in args.val else int(args.val)
+    print(f"wrote {split_dataset(args.data, args.out, val=val)}")
     return 0
 
 
@@ -68,6 +127,39 @@ def _env(_: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    """`prune` takes the most options: its parser is built on its own."""
+    prune = sub.add_parser("prune", help="turn a YOLOv5 into a reversible *.rvp.safetensors checkpoint")
+    prune.add_argument("--weights", required=True, help="model YAML, Ultralytics .pt or YOLOv5 release .pt")
+    prune.add_argument("--data", help="Ultralytics dataset YAML (train: fine-tuning images, val: labelled)")
+    prune.add_argument("--out", required=True, help="output checkpoint (*.rvp.safetensors)")
+    prune.add_argument("--levels", type=int, default=1, help="pruned levels below full (nested)")
+    prune.add_argument("--ranking", choices=("l1", "l2", "taylor"), default="l1", help="filter importance")
+    prune.add_argument("--round-to", type=int, default=16,
+                       help="round kept channels to a multiple of this (CPU kernels run blocks of 16)")
+    prune.add_argument("--imgsz", type=int, default=640, help="training, evaluation and stored inference size")
+    prune.add_argument("--no-finetune", action="store_true", help="prune only, on the given weights (no data)")
+    prune.add_argument("--sparsity", type=float, default=0.36, help="--no-finetune: filter fraction pruned")
+    down = prune.add_argument_group("fine-tuning down")
+    down.add_argument("--step", type=float, default=0.05, help="further filter fraction pruned per step")
+    down.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
+    down.add_argument("--max-drop", type=float, default=0.1, help="stop rule: relative mAP50 drop from dense")
+    down.add_argument("--min-map", type=float, help="stop rule: absolute mAP50 floor")
+    down.add_argument("--reference-weights", help="stop rule: stay above this model's mAP50 (e.g. the next size)")
+    up = prune.add_argument_group("fine-tuning up")
+    up.add_argument("--up-tol", type=float, default=0.01, help="stop when full mAP50 is this close to dense")
+    up.add_argument("--up-epochs", type=int, default=5, help="most epochs to grow each level")
+    train = prune.add_argument_group("training")
+    train.add_argument("--loss", choices=("distill", "detect"), default="distill",
+                       help="distill: from the dense model, label-free (default); detect: Ultralytics' loss")
+    train.add_argument("--lr", type=float, default=3e-5, help="Adam learning rate")
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--workers", type=int, default=0, help="data loader processes")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last step")
+    prune.set_defaults(func=_prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revperception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,17 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=20, help="frames to send through the node")
     demo.set_defaults(func=_demo)
 
-    prune = sub.add_parser("prune", help="turn a YOLOv5 into a reversible *.rvp.safetensors checkpoint")
-    prune.add_argument("--weights", required=True, help="model YAML, Ultralytics .pt or YOLOv5 release .pt")
-    prune.add_argument("--out", required=True, help="output checkpoint (*.rvp.safetensors)")
-    prune.add_argument("--sparsity", type=float, default=0.36, help="fraction of filters pruned per group")
-    prune.add_argument("--levels", type=int, default=1, help="pruned levels below full (nested, evenly spread)")
-    prune.add_argument("--ranking", choices=("l1", "l2"), default="l1", help="filter importance criterion")
-    prune.add_argument("--round-to", type=int, default=16,
-                       help="round kept channels to a multiple of this (CPU kernels run blocks of 16)")
-    prune.add_argument("--imgsz", type=int, default=640, help="inference size stored in the checkpoint")
-    prune.add_argument("--no-finetune", action="store_true", help="prune only, on the given weights")
-    prune.set_defaults(func=_prune)
+    _add_prune(sub)
+
+    evaluation = sub.add_parser("eval", help="mAP of a checkpoint level or a dense model on a dataset")
+    evaluation.add_argument("--checkpoint", help="*.rvp.safetensors")
+    evaluation.add_argument("--level", default="pruned", help="checkpoint level to evaluate")
+    evaluation.add_argument("--weights", help="a dense model instead of a checkpoint")
+    evaluation.add_argument("--data", required=True, help="Ultralytics dataset YAML")
+    evaluation.add_argument("--split", default="val")
+    evaluation.add_argument("--imgsz", type=int, help="default: the checkpoint's, or 640")
+    evaluation.add_argument("--device", default="cpu")
+    evaluation.add_argument("--json", help="also write the results here")
+    evaluation.set_defaults(func=_eval)
+
+    split = sub.add_parser("split", help="split a dataset whose train and val are the same images")
+    split.add_argument("--data", required=True, help="Ultralytics dataset YAML")
+    split.add_argument("--out", required=True, help="folder for the new data.yaml and image lists")
+    split.add_argument("--val", default="0.25", help="validation images: a count (32) or a fraction (0.25)")
+    split.set_defaults(func=_split)
 
     bench = sub.add_parser("bench", help="time swaps, disk loads and inference of a reversible model")
     bench.add_argument("--model", required=True, help="checkpoint, or a model to prune on the fly (no fine-tune)")
@@ -110,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:  # bad input: one clear line, non-zero exit
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as err:  # bad input: one line, exit 1
         print(f"revperception {args.command}: error: {err}", file=sys.stderr)
         return 1
 

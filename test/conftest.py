@@ -65,3 +65,29 @@ def randomise_batchnorms(model: torch.nn.Module, seed: int = 0) -> None:
             for tensor, low, high in ((bn.weight, 0.5, 1.5), (bn.bias, -0.2, 0.2), (bn.running_mean, -0.2, 0.2),
                                       (bn.running_var, 0.5, 1.5)):
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+
+def synthetic_dataset(root: Path, images: int = 8, size: int = 96, val: int = 4) -> Path:
+    """A tiny labelled YOLO dataset of coloured boxes on noise, for pipeline mechanics (no real data needed)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", images), ("val", val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(count):
+            image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            lines = []
+            for _ in range(2):
+                cls = int(rng.integers(0, 3))
+                w, h = rng.integers(size // 6, size // 3, 2)
+                x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+                cv2.rectangle(image, (int(x), int(y)), (int(x + w), int(y + h)), [(0, 0, 255), (0, 255, 0),
+                                                                                  (255, 0, 0)][cls], -1)
+                lines.append(f"{cls} {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+            cv2.imwrite(str(root / "images" / split / f"{i:03d}.png"), image)
+            (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: green\n  2: blue\n")
+    return data

@@ -1,4 +1,4 @@
-"""Offline work on models: evaluation now; fine-tuning, losses and reports as they land."""
+"""Offline work on models: evaluation, dataset splits, fine-tuning down and up, reports."""
 
 from revperception.offline.evaluate import evaluate
 

@@ -30,7 +30,7 @@ from ultralytics.utils.ops import scale_boxes, xywh2xyxy
 _IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
 
 
-class _EvalDataset(YOLODataset):
+class CachelessDataset(YOLODataset):
     """A YOLODataset that never writes its label cache beside the labels: datasets may be shared or read-only."""
 
     def cache_labels(self, path: Path = Path("./labels.cache")) -> dict:
@@ -38,7 +38,7 @@ class _EvalDataset(YOLODataset):
             return super().cache_labels(Path(tmp) / path.name)
 
 
-def _read_data(data: str | Path, split: str) -> tuple[dict[str, Any], list[str]]:
+def read_data(data: str | Path, split: str) -> tuple[dict[str, Any], list[str]]:
     """The data.yaml dict and the image paths of `split`; a relative `path:` is taken from the yaml's folder."""
     data = Path(data)
     if not data.is_file():
@@ -96,11 +96,11 @@ def evaluate(
     put in eval mode for the run, then handed back in the training mode it came in. `workers` is the
     number of loader processes; 0 loads in this process and leaves the cores to the network.
     """
-    cfg, image_dirs = _read_data(data, split)
+    cfg, image_dirs = read_data(data, split)
     names = dict(names) if names is not None else cfg["names"]
     stride = int(model.stride.max()) if hasattr(model, "stride") else 32
     # What Ultralytics' build_yolo_dataset makes in val mode, with yolov5 val.py's pad of 0.5 stride spelled out.
-    dataset = _EvalDataset(
+    dataset = CachelessDataset(
         img_path=image_dirs, imgsz=imgsz, batch_size=batch, augment=False, hyp=DEFAULT_CFG, rect=rect, stride=stride,
         pad=0.5, prefix=colorstr(f"{split}: "), task="detect", data=cfg,
     )

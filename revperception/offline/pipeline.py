@@ -1,0 +1,323 @@
+"""Algorithm 1 of "Back to the Future", generalised to nested levels: fine-tune down, then fine-tune up.
+
+Down: each step prunes a further fraction of every group's original filters (lowest importance among
+the channels still alive), fine-tunes what remains with the pruned entries held at exactly zero, and
+evaluates; the run stops at the first step that breaks the stop rule and keeps the last passing one as
+`pruned`. Every channel remembers the step that pruned it, so the levels are nested by construction.
+Up: level by level, the weights a larger level adds are regrown from the dense model and trained alone,
+every weight a smaller level uses frozen, so each level keeps the accuracy it had.
+A run saves its state after every step and level; `resume` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from revperception.bench import level_latencies, measure_levels
+from revperception.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_reversible
+from revperception.models import load_model
+from revperception.offline.evaluate import evaluate
+from revperception.offline.finetune import freeze_batchnorm, train_epoch, train_loader
+from revperception.offline.losses import make_loss
+from revperception.offline.masks import ChannelMasks, trainable_only
+from revperception.offline.report import plot_report, write_report
+from revperception.pruning import FULL, PRUNED, Levels, find_groups, permute_to_prefix, rank_channels
+from revperception.pruning.levels import kept_channels
+from revperception.pruning.prune import PrunedModel
+
+NEVER = 1 << 30  # the "pruned at step" of a channel that was never pruned
+
+
+@dataclass
+class PruneConfig:
+    """Everything `revperception prune` takes; stored in the report and checked on resume."""
+
+    weights: str
+    data: str
+    out: str
+    imgsz: int = 640
+    batch: int = 8
+    epochs: int = 1  # fine-tuning epochs after each down step
+    step: float = 0.05  # further fraction of each group's original filters pruned per step
+    max_fraction: float = 0.9
+    max_drop: float = 0.1  # stop rule: relative mAP50 drop from the dense model
+    min_map: float | None = None  # stop rule: absolute mAP50 floor
+    reference_weights: str | None = None  # stop rule: stay above this model's mAP50
+    levels: int = 1
+    up_tol: float = 0.01
+    up_epochs: int = 5
+    loss: str = "distill"
+    lr: float = 3e-5
+    ranking: str = "l1"
+    round_to: int = 16
+    device: str = "cpu"
+    workers: int = 0
+    seed: int = 0
+
+
+def _work_dir(out: str) -> Path:
+    return Path(out).with_name(Path(out).name.removesuffix(".rvp.safetensors") + ".work")
+
+
+class Pipeline:
+    """One pruning run; the state it saves is its weights, each channel's pruning step, and the report."""
+
+    def __init__(self, cfg: PruneConfig) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device(cfg.device)
+        self.loaded = load_model(cfg.weights)
+        self.model = self.loaded.model.to(self.device)
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.teacher.train()
+        freeze_batchnorm(self.teacher)  # train-mode head (raw outputs), eval-mode statistics
+        example = torch.zeros(1, 3, 2 * self.loaded.stride, 2 * self.loaded.stride, device=self.device)
+        self.groups, self.tp_groups = find_groups(self.model, example)
+        self.masks = ChannelMasks(self.model, self.groups)
+        self.dense_orders = rank_channels(self.tp_groups, "l1" if cfg.ranking == "taylor" else cfg.ranking)
+        self.loss = make_loss(cfg.loss, self.model, self.teacher)
+        self.loader = train_loader(cfg.data, imgsz=cfg.imgsz, batch=cfg.batch, stride=self.loaded.stride,
+                                   workers=cfg.workers)
+        self.work = _work_dir(cfg.out)
+        self.drop = [torch.full((g.size,), NEVER, dtype=torch.long) for g in self.groups]
+        self.report: dict[str, Any] = {"settings": asdict(cfg), "steps": [], "up": [], "levels": {},
+                                       "reference": None, "timing": {}}
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def _save_state(self, phase: str, next_level: int = 0) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        meta = {"phase": phase, "next_level": next_level, "report": self.report,
+                "drop": [d.tolist() for d in self.drop]}
+        save_checkpoint(self.work / "state.rvp.safetensors", self.model.state_dict(), meta)
+
+    def _load_state(self) -> tuple[str, int]:
+        path = self.work / "state.rvp.safetensors"
+        try:
+            state = load_checkpoint(path, device=str(self.device))
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume: {err}") from err
+        meta = state.metadata
+        keys = ("weights", "data", "imgsz", "step", "round_to", "levels", "loss")
+        changed = [k for k in keys if meta["report"]["settings"][k] != asdict(self.cfg)[k]]
+        if changed:
+            raise ValueError(f"cannot resume {path}: it was made with different {', '.join(changed)}")
+        self.model.load_state_dict(state.tensors)
+        self.drop = [torch.tensor(d, dtype=torch.long) for d in meta["drop"]]
+        self.report = meta["report"]
+        return meta["phase"], int(meta["next_level"])
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        result = evaluate(model, self.cfg.data, imgsz=self.cfg.imgsz, device=self.device, workers=self.cfg.workers)
+        return {"map50": result["map50"], "map50_95": result["map50_95"]}
+
+    def _alive(self, step: int) -> list[torch.Tensor]:
+        """Channels the architecture after down step `step` keeps (step 0: all)."""
+        return [d > step for d in self.drop]
+
+    def _threshold(self, dense_map50: float) -> float:
+        cfg = self.cfg
+        if cfg.min_map is not None:
+            return cfg.min_map
+        if self.report["reference"] is not None:
+            return self.report["reference"]["map50"]
+        return dense_map50 * (1 - cfg.max_drop)
+
+    def _optimise(self, masks: dict[nn.Parameter, torch.Tensor], epochs: int, desc: str,
+                  after_epoch: Any = None) -> None:
+        with trainable_only(self.model, masks) as params:
+            optimizer = torch.optim.Adam(params, lr=self.cfg.lr)  # no weight decay: frozen entries stay put
+            for epoch in range(epochs):
+                train_epoch(self.model, self.loader, self.loss, optimizer, device=self.device,
+                            desc=f"{desc} epoch {epoch + 1}/{epochs}")
+                if after_epoch is not None and after_epoch(epoch):
+                    return
+
+    def _importance_orders(self) -> list[torch.Tensor]:
+        if self.cfg.ranking == "taylor":  # gradients of the fine-tuning loss on one batch
+            self.model.zero_grad()
+            batch = next(iter(self.loader))
+            images = batch["img"].to(self.device).float() / 255
+            self.loss(self.model(images), {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                                           for k, v in batch.items()}, images).backward()
+        return rank_channels(self.tp_groups, self.cfg.ranking)
+
+    def _sparsity(self, keep: list[torch.Tensor]) -> float:
+        """Fraction of the model's parameters the architecture `keep` does not use."""
+        masks = self.masks.parameter_masks(keep)
+        total = sum(p.numel() for p in self.model.parameters())
+        used = sum(int(masks[p].expand_as(p).sum()) if p in masks else p.numel() for p in self.model.parameters())
+        return 1 - used / total
+
+    def _baseline(self, alive_counts: list[int]) -> dict[str, float]:
+        """The paper's no-fine-tuning baseline at the same channel counts: the dense model, L1-pruned once."""
+        model = copy.deepcopy(self.teacher)
+        keep = []
+        for order, count, group in zip(self.dense_orders, alive_counts, self.groups, strict=True):
+            alive = torch.zeros(group.size, dtype=torch.bool)
+            alive[order[:count]] = True
+            keep.append(alive)
+        ChannelMasks(model, self.groups).zero_pruned(keep)
+        result = self._evaluate(model)
+        return {"map50_no_finetune": result["map50"], "map50_95_no_finetune": result["map50_95"]}
+
+    # -- the two phases -----------------------------------------------------------------------------
+
+    def fine_tune_down(self) -> None:
+        cfg, report = self.cfg, self.report
+        threshold = self._threshold(report["dense"]["map50"])
+        step = len(report["steps"])
+        fraction = report["steps"][-1]["filter_fraction"] if report["steps"] else 0.0
+        progress = tqdm(desc="fine-tune down", unit="step", initial=step)
+        while round(fraction + cfg.step, 6) <= cfg.max_fraction:
+            fraction = round(fraction + cfg.step, 6)
+            alive = self._alive(NEVER - 1)
+            targets = [kept_channels(g.size, fraction, cfg.round_to) for g in self.groups]
+            if all(t >= int(a.sum()) for t, a in zip(targets, alive, strict=True)):
+                continue  # rounding to channel blocks leaves this fraction with nothing new to prune
+            step += 1
+            for order, target, group_alive, drop in zip(self._importance_orders(), targets, alive, self.drop,
+                                                        strict=True):
+                ranked_alive = order[group_alive[order]]
+                drop[ranked_alive[target:]] = step
+            keep = self._alive(step)
+            self.masks.zero_pruned(keep)
+            self._optimise(self.masks.parameter_masks(keep), cfg.epochs, f"step {step} ({fraction:.0%})")
+            record = {"step": step, "filter_fraction": fraction, "param_sparsity": self._sparsity(keep),
+                      **self._evaluate(self.model), **self._baseline([int(k.sum()) for k in keep])}
+            record["passed"] = record["map50"] >= threshold
+            report["steps"].append(record)
+            progress.update()
+            progress.set_postfix(map50=f"{record['map50']:.3f}", threshold=f"{threshold:.3f}")
+            if not record["passed"]:
+                break
+            self._save_state("down")
+        progress.close()
+        passing = [r["step"] for r in report["steps"] if r["passed"]]
+        if not passing:
+            raise RuntimeError(f"no pruning step kept mAP50 above {threshold:.3f}; try a smaller --step")
+        if not report["steps"][-1]["passed"]:  # back to the last passing step's weights, masks and report
+            failed = report["steps"][-1]
+            self._load_state()
+            self.report["steps"].append(failed)
+        self._choose_levels(passing)
+        self._save_state("up")
+
+    def _choose_levels(self, passing: list[int]) -> None:
+        """`pruned` is the last passing step; K-1 intermediate levels are spread evenly below it."""
+        pruned = passing[-1]
+        wanted = [round(pruned * i / self.cfg.levels) for i in range(1, self.cfg.levels)]
+        inter = sorted({min(passing, key=lambda s, w=w: abs(s - w)) for w in wanted} - {pruned}, reverse=True)
+        names = [PRUNED, *(f"level{i}" for i in range(1, len(inter) + 1)), FULL]
+        self.report["level_steps"] = dict(zip(names, [pruned, *inter, 0], strict=True))
+
+    def fine_tune_up(self, start: int) -> None:
+        cfg, report = self.cfg, self.report
+        names = list(report["level_steps"])
+        steps = [report["level_steps"][n] for n in names]
+        teacher = dict(self.teacher.named_parameters())
+        target = report["dense"]["map50"] - cfg.up_tol
+        for index in range(max(start, 1), len(names)):
+            name, smaller, larger = names[index], self._alive(steps[index - 1]), self._alive(steps[index])
+            old, new = self.masks.parameter_masks(smaller), self.masks.parameter_masks(larger)
+            grow = {p: new[p] & ~old[p] for p in new}
+            with torch.no_grad():  # regrow from the dense model the weights this level adds
+                for pname, p in self.model.named_parameters():
+                    if p in grow:
+                        mask = grow[p].to(p.device).expand_as(p)
+                        p[mask] = teacher[pname][mask]
+
+            def check(epoch: int, name: str = name) -> bool:
+                if name != FULL:
+                    return False
+                result = self._evaluate(self.model)
+                report["up"].append({"level": name, "epoch": epoch + 1, **result})
+                return result["map50"] >= target
+
+            self._optimise(grow, cfg.up_epochs, f"grow {name}", check)
+            result = self._evaluate(self.model)
+            report["up"].append({"level": name, "epoch": "final", **result})
+            self._save_state("up", index + 1)
+
+    # -- the run -------------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        start = time.perf_counter()
+        phase, next_level = self._load_state() if resume else ("new", 0)
+        elapsed = self.report["timing"].get("total_s", 0.0)
+        if phase == "new":
+            self.report["dense"] = self._evaluate(self.model)
+            if self.cfg.reference_weights:
+                reference = load_model(self.cfg.reference_weights).model.to(self.device)
+                self.report["reference"] = {"name": self.cfg.reference_weights, **self._evaluate(reference)}
+            self._save_state("down")
+            phase = "down"
+        if phase == "down":
+            self.fine_tune_down()
+        self.fine_tune_up(next_level)
+        pruned = self._finish()
+        self.report["timing"]["total_s"] = elapsed + time.perf_counter() - start
+        stem = Path(self.cfg.out).name.removesuffix(".rvp.safetensors")
+        save_reversible(self.cfg.out, pruned)
+        write_report(self.report, Path(self.cfg.out).with_name(f"{stem}.report.json"))
+        plot_report(self.report, Path(self.cfg.out).parent, stem)
+        shutil.rmtree(self.work)  # the run is complete: its resumable state is no longer needed
+        return self.report
+
+    def _finish(self) -> PrunedModel:
+        """Permute so every level is a prefix, measure every step's architecture, assemble the checkpoint."""
+        report = self.report
+        orders = [torch.sort(-d, stable=True).indices for d in self.drop]  # never-pruned first, then latest
+        self.model.cpu()
+        permute_to_prefix(self.model, self.groups, orders)
+        self.drop = [d[o] for d, o in zip(self.drop, orders, strict=True)]
+        passing = [0] + [r["step"] for r in report["steps"] if r["passed"]]
+        every = self._levels({f"s{s}": s for s in passing})
+        probe = PrunedModel(self.model, self.loaded.names, self.loaded.stride, self.cfg.imgsz, self.loaded.arch,
+                            self.groups, every, {})
+        stats, latency = measure_levels(probe), level_latencies(probe)
+        full = stats[FULL]
+        step_names = dict(zip(passing[::-1], every.names, strict=True))
+        report["dense"].update(params=full["params"], flops=full["flops"], latency_ms=latency[FULL])
+        for record in report["steps"]:
+            if record["passed"]:
+                level = step_names[record["step"]]
+                record.update(flops_ratio=stats[level]["flops"] / full["flops"], latency_ms=latency[level])
+        levels = self._levels(report["level_steps"])
+        finals = {u["level"]: u for u in report["up"] if u["epoch"] == "final"}
+        for name, step in report["level_steps"].items():
+            metrics = finals.get(name) or next(r for r in report["steps"] if r["step"] == step)
+            level = step_names[step]
+            report["levels"][name] = {"step": step, "map50": metrics["map50"], "map50_95": metrics["map50_95"],
+                                      "params": stats[level]["params"], "flops": stats[level]["flops"],
+                                      "latency_ms": latency[level]}
+        info = {"source": self.cfg.weights, "data": self.cfg.data, "finetune": f"down+up ({self.cfg.loss})",
+                "ranking": self.cfg.ranking, "round_to": self.cfg.round_to, "levels": report["levels"],
+                "dense": report["dense"]}
+        return PrunedModel(self.model, self.loaded.names, self.loaded.stride, self.cfg.imgsz, self.loaded.arch,
+                           self.groups, levels, json.loads(json.dumps(info)))
+
+    def _levels(self, steps_by_name: dict[str, int]) -> Levels:
+        """Levels over the (already permuted) model: names map to down steps, smallest architecture first."""
+        ordered = sorted(steps_by_name.items(), key=lambda item: -item[1])
+        names = [PRUNED, *(f"level{i}" for i in range(1, len(ordered) - 1)), FULL]
+        keep = {name: tuple(int((d > step).sum()) for d in self.drop)
+                for name, (_, step) in zip(names, ordered, strict=True)}
+        return Levels(names=tuple(names), keep=keep)
+
+
+def run_pipeline(cfg: PruneConfig, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune `cfg.weights` down and up on `cfg.data` and write the checkpoint, its report and plots."""
+    return Pipeline(cfg).run(resume=resume)

@@ -1,0 +1,163 @@
+"""Fine-tuning down and up: masks that hold, levels that keep their function, resumable runs, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BIN, shared_path, synthetic_dataset
+from revperception.checkpoint import load_reversible, read_metadata
+from revperception.models import load_model
+from revperception.offline.masks import ChannelMasks, trainable_only
+from revperception.offline.pipeline import NEVER, Pipeline, PruneConfig
+from revperception.pruning import FULL, PRUNED, find_groups
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
+    torch.manual_seed(0)
+    model = load_model("yolov5n.yaml").model
+    groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
+    masks = ChannelMasks(model, groups)
+    keep = [torch.arange(g.size) < g.size // 2 for g in groups]
+    masks.zero_pruned(keep)
+    used = masks.parameter_masks(keep)
+    grow = {p: m & ~m for p, m in used.items()}  # nothing may move ...
+    first = next(p for p in used if p.dim() == 4)
+    grow[first] = used[first]  # ... except the live entries of one conv weight
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    flags = [p.requires_grad for p in model.parameters()]
+    model.train()
+    with trainable_only(model, grow) as params:
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(3):
+            out = model(torch.rand(2, 3, 64, 64))
+            loss = sum(t.float().pow(2).mean() for t in (out["boxes"], out["scores"]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for name, p in model.named_parameters():
+        if p is first:
+            pruned = ~used[p].expand_as(p)
+            assert pruned.any() and not p[pruned].any(), "a pruned entry moved off zero"
+            assert not torch.equal(p, before[name]), "the live entries did not train"
+        else:
+            assert torch.equal(p, before[name]), f"{name} moved while frozen"
+    assert [p.requires_grad for p in model.parameters()] == flags, "trainable_only must restore requires_grad"
+
+
+def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path) -> None:
+    cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "n.rvp.safetensors"), imgsz=64,
+                      batch=4, step=0.25, max_fraction=0.5, min_map=0.0, levels=2, up_epochs=1, round_to=8,
+                      lr=1e-3)
+    pipeline = Pipeline(cfg)
+    pipeline.report["dense"] = pipeline._evaluate(pipeline.model)
+    pipeline.fine_tune_down()
+    x = torch.rand(1, 3, 64, 64)
+
+    def outputs() -> dict[str, torch.Tensor]:
+        result = {}
+        for name, step in pipeline.report["level_steps"].items():
+            model = copy.deepcopy(pipeline.model).eval()
+            ChannelMasks(model, pipeline.groups).zero_pruned([d > step for d in pipeline.drop])
+            with torch.no_grad():
+                result[name] = model(x)[0]
+        return result
+
+    down = outputs()
+    pruned_step = pipeline.report["level_steps"][PRUNED]
+    assert pruned_step == 2 and all(int((d <= pruned_step).sum()) > 0 for d in pipeline.drop if len(d) > 16)
+    pipeline.fine_tune_up(1)
+    up = outputs()
+    assert torch.equal(up[PRUNED], down[PRUNED]), "growing level1 and full changed the pruned level"
+    assert not torch.equal(up[FULL], down[FULL]), "full was not grown"
+    assert all(int((d < NEVER).sum()) < len(d) for d in pipeline.drop), "a group lost every channel"
+
+
+def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n.rvp.safetensors"
+    proc = subprocess.run([str(BIN / "revperception"), "prune", "--weights", "yolov5n.yaml", "--data", str(data),
+                           "--out", str(out), "--imgsz", "64", "--batch", "4", "--step", "0.25", "--min-map", "0",
+                           "--levels", "2", "--up-epochs", "1", "--round-to", "8"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pruned = load_reversible(out)
+    keeps = [pruned.levels.keep[n] for n in pruned.levels.names]
+    assert pruned.levels.names == (PRUNED, "level1", FULL)
+    assert keeps[0] != keeps[-1]  # nesting itself is enforced by Levels on load
+    report = json.loads((tmp_path / "n.report.json").read_text())
+    assert [s["step"] for s in report["steps"]][:2] == [1, 2]
+    assert {"map50", "map50_no_finetune", "param_sparsity"} <= set(report["steps"][0])
+    assert set(report["levels"]) == {PRUNED, "level1", FULL}
+    for png in ("n_map_vs_sparsity.png", "n_latency_vs_sparsity.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "n.work").exists(), "a finished run leaves no resumable state behind"
+    assert read_metadata(out)["info"]["finetune"] == "down+up (distill)"
+
+
+def test_an_interrupted_run_resumes_from_its_last_step(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.rvp.safetensors"
+    args = [str(BIN / "revperception"), "prune", "--weights", "yolov5n.yaml", "--data", str(data), "--out",
+            str(out), "--imgsz", "64", "--batch", "4", "--step", "0.2", "--min-map", "0", "--epochs", "2",
+            "--up-epochs", "1", "--round-to", "8"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "r.work" / "state.rvp.safetensors"
+    deadline = time.monotonic() + 300
+    while not (state.exists() and len(read_metadata(state)["report"]["steps"]) >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never saved a step"
+        time.sleep(0.2)  # polling a file another process writes; the condition, not the sleep, synchronises
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "--resume" in stderr
+    saved = read_metadata(state)["report"]["steps"]
+    assert not out.exists()
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads((tmp_path / "r.report.json").read_text())
+    assert report["steps"][: len(saved)] == [dict(s, **{k: v for k, v in r.items() if k not in s})
+                                            for s, r in zip(saved, report["steps"], strict=False)]
+    assert load_reversible(out).levels.names[0] == PRUNED
+
+
+def test_eval_cli_reports_a_checkpoint_level(data: Path, tmp_path: Path) -> None:
+    ckpt, result = tmp_path / "e.rvp.safetensors", tmp_path / "eval.json"
+    subprocess.run([str(BIN / "revperception"), "prune", "--weights", "yolov5n.yaml", "--no-finetune", "--imgsz",
+                    "64", "--out", str(ckpt)], check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([str(BIN / "revperception"), "eval", "--checkpoint", str(ckpt), "--level", "full",
+                           "--data", str(data), "--json", str(result)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    values = json.loads(result.read_text())
+    assert values["level"] == "full" and values["images"] == 4 and 0.0 <= values["map50"] <= 1.0
+    bad = subprocess.run([str(BIN / "revperception"), "eval", "--checkpoint", str(ckpt), "--level", "tiny",
+                          "--data", str(data)], capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 1 and "unknown level 'tiny'" in bad.stderr
+
+
+def test_release_model_fine_tunes_on_real_images(tmp_path: Path) -> None:
+    coco = shared_path("data/coco128-train")
+    images = sorted((coco / "images" / "train2017").glob("*.jpg"))[:24]
+    (tmp_path / "train.txt").write_text("\n".join(map(str, images[:16])) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(map(str, images[16:])) + "\n")
+    names = (coco / "data.yaml").read_text().split("names:", 1)[1]
+    (tmp_path / "data.yaml").write_text(f"path: {tmp_path}\ntrain: train.txt\nval: val.txt\nnames:{names}")
+    cfg = PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(tmp_path / "data.yaml"),
+                      out=str(tmp_path / "v5n.rvp.safetensors"), imgsz=160, step=0.1, max_fraction=0.2, min_map=0.0,
+                      up_epochs=1, round_to=8)
+    report = Pipeline(cfg).run()
+    assert report["dense"]["map50"] > 0.2, "the release model should detect on COCO images at 160 px"
+    assert report["levels"][FULL]["map50"] > 0.5 * report["dense"]["map50"]
+    assert report["steps"][0]["param_sparsity"] > 0.05
