@@ -333,13 +333,13 @@ def _parse_document(safetensors_metadata: object, path: Path) -> dict[str, Any]:
     return document
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small text file (a report, a JSON result) atomically: readers never see half of it."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a small file (a report, a plot) atomically: temp file, fsync, rename; readers never see half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -347,6 +347,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 REVERSIBLE_KIND = "reversible-yolov5"

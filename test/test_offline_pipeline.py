@@ -76,6 +76,18 @@ def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: P
         return result
 
     down = outputs()
+    # A regrown level starts out computing exactly what the level below it computes.
+    saved = copy.deepcopy(pipeline.model.state_dict())
+    steps = pipeline.report["level_steps"]
+    old = pipeline.masks.parameter_masks(pipeline._alive(steps[PRUNED]))
+    new = pipeline.masks.parameter_masks(pipeline._alive(steps["level1"]))
+    pipeline._regrow({p: new[p] & ~old[p] for p in new}, old, dict(pipeline.teacher.named_parameters()))
+    assert any(p[(new[p] & ~old[p]).expand_as(p)].abs().sum() > 0 for p in new), "nothing was regrown"
+    level1 = copy.deepcopy(pipeline.model).eval()
+    ChannelMasks(level1, pipeline.groups).zero_pruned(pipeline._alive(steps["level1"]))
+    with torch.no_grad():
+        torch.testing.assert_close(level1(x)[0], down[PRUNED], rtol=1e-5, atol=1e-5)
+    pipeline.model.load_state_dict(saved)
     pruned_step = pipeline.report["level_steps"][PRUNED]
     assert pruned_step == 2 and all(int((d <= pruned_step).sum()) > 0 for d in pipeline.drop if len(d) > 16)
     pipeline.fine_tune_up(1)
@@ -161,3 +173,17 @@ def test_release_model_fine_tunes_on_real_images(tmp_path: Path) -> None:
     assert report["dense"]["map50"] > 0.2, "the release model should detect on COCO images at 160 px"
     assert report["levels"][FULL]["map50"] > 0.5 * report["dense"]["map50"]
     assert report["steps"][0]["param_sparsity"] > 0.05
+
+
+def test_detection_loss_trains_on_labels(data: Path, tmp_path: Path) -> None:
+    cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "d.rvp.safetensors"), imgsz=64,
+                      batch=4, loss="detect", lr=1e-3)
+    pipeline = Pipeline(cfg)
+    keep = pipeline.masks.full()
+    before = copy.deepcopy(pipeline.model.state_dict())
+    pipeline._optimise(pipeline.masks.parameter_masks(keep), 1, "detect")
+    after = pipeline.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    with pytest.raises(ValueError, match="anchor-free"):
+        Pipeline(PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(data), out=str(tmp_path / "x"),
+                             loss="detect"))

@@ -233,11 +233,7 @@ class Pipeline:
             name, smaller, larger = names[index], self._alive(steps[index - 1]), self._alive(steps[index])
             old, new = self.masks.parameter_masks(smaller), self.masks.parameter_masks(larger)
             grow = {p: new[p] & ~old[p] for p in new}
-            with torch.no_grad():  # regrow from the dense model the weights this level adds
-                for pname, p in self.model.named_parameters():
-                    if p in grow:
-                        mask = grow[p].to(p.device).expand_as(p)
-                        p[mask] = teacher[pname][mask]
+            self._regrow(grow, old, teacher)
 
             def check(epoch: int, name: str = name) -> bool:
                 if name != FULL:
@@ -250,6 +246,25 @@ class Pipeline:
             result = self._evaluate(self.model)
             report["up"].append({"level": name, "epoch": "final", **result})
             self._save_state("up", index + 1)
+
+    @torch.no_grad()
+    def _regrow(self, grow: dict[nn.Parameter, torch.Tensor], old: dict[nn.Parameter, torch.Tensor],
+                teacher: dict[str, nn.Parameter]) -> None:
+        """Regrow a level's new channels from the dense model, but connect them to the existing ones with zeros.
+
+        The new filters and their BatchNorms get the dense weights back; the links from new channels into
+        filters the smaller level already has start at zero. So the larger level starts out computing exactly
+        what the smaller one does, and training the new weights can only build on that accuracy, where
+        dense values next to fine-tuned ones would start it below the smaller level.
+        """
+        for name, p in self.model.named_parameters():
+            if p not in grow:
+                continue
+            mask = grow[p].to(p.device).expand_as(p)
+            p[mask] = teacher[name][mask]
+            if p.dim() == 4:  # rows (filters) the smaller level already has: their new inputs start at zero
+                existing_rows = old[p].flatten(1).any(1).to(p.device)
+                p[mask & existing_rows.view(-1, 1, 1, 1)] = 0
 
     # -- the run -------------------------------------------------------------------------------------
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from revperception.checkpoint import atomic_write_text
+from revperception.checkpoint import atomic_write_bytes, atomic_write_text
 
 _HEADERS = ("step", "filter %", "param sparsity %", "FLOP ratio", "mAP50", "mAP50-95", "mAP50 no FT",
             "latency ms", "passed")
@@ -77,19 +75,10 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def _save_png(figure: Figure, path: Path) -> None:
-    """Render, then temp file in the same folder + fsync + os.replace: a reader never sees half a PNG."""
+    """Render in memory, then write atomically: a reader never sees half a PNG."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _plot_steps(
