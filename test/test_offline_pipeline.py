@@ -81,7 +81,8 @@ def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: P
     steps = pipeline.report["level_steps"]
     old = pipeline.masks.parameter_masks(pipeline._alive(steps[PRUNED]))
     new = pipeline.masks.parameter_masks(pipeline._alive(steps["level1"]))
-    pipeline._regrow({p: new[p] & ~old[p] for p in new}, old, dict(pipeline.teacher.named_parameters()))
+    pipeline._regrow({p: new[p] & ~old[p] for p in new}, old, dict(pipeline.teacher.named_parameters()),
+                     zero_links=True)
     assert any(p[(new[p] & ~old[p]).expand_as(p)].abs().sum() > 0 for p in new), "nothing was regrown"
     level1 = copy.deepcopy(pipeline.model).eval()
     ChannelMasks(level1, pipeline.groups).zero_pruned(pipeline._alive(steps["level1"]))
