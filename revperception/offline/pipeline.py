@@ -207,7 +207,7 @@ class Pipeline:
         progress.close()
         passing = [r["step"] for r in report["steps"] if r["passed"]]
         if not passing:
-            raise RuntimeError(f"no pruning step kept mAP50 above {threshold:.3f}; try a smaller --step")
+            raise ValueError(f"no pruning step kept mAP50 above {threshold:.3f}; try a smaller --step or tolerance")
         if not report["steps"][-1]["passed"]:  # back to the last passing step's weights, masks and report
             failed = report["steps"][-1]
             self._load_state()
