@@ -140,8 +140,9 @@ def test_an_interrupted_run_resumes_from_its_last_step(data: Path, tmp_path: Pat
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads((tmp_path / "r.report.json").read_text())
-    assert report["steps"][: len(saved)] == [dict(s, **{k: v for k, v in r.items() if k not in s})
-                                            for s, r in zip(saved, report["steps"], strict=False)]
+    assert len(report["steps"]) >= len(saved)
+    for before, after in zip(saved, report["steps"], strict=False):  # kept as saved; only measurements added
+        assert before.items() <= after.items()
     assert load_reversible(out).levels.names[0] == PRUNED
 
 

@@ -36,8 +36,10 @@ class ChannelMasks:
         dims: dict[tuple[int, str], torch.Tensor] = {}
         for group, alive, members in zip(self.groups, keep, self._members, strict=True):
             for module, kind, offsets in members:
-                size = module.out_channels if kind == "out" and isinstance(module, nn.Conv2d) else (
-                    module.in_channels if isinstance(module, nn.Conv2d) else module.num_features)
+                if isinstance(module, nn.BatchNorm2d):
+                    size = module.num_features
+                else:
+                    size = module.out_channels if kind == "out" else module.in_channels
                 mask = dims.setdefault((id(module), kind), torch.ones(size, dtype=torch.bool))
                 for offset in offsets:
                     mask[offset:offset + group.size] = alive
