@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
     from revperception.tools.demo import print_summary, run_demo
 
-    result = run_demo(weights=args.weights, frames=args.frames)
+    result = run_demo(checkpoint=args.checkpoint, frames=args.frames)
     print_summary(result)
     return 0 if result.ok else 1
 
@@ -110,6 +111,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_node(args: argparse.Namespace) -> int:
+    from revperception.bench import write_json
+    from revperception.tools.node_bench import format_node_bench, run_node_bench
+
+    result = run_node_bench(args.checkpoint, trials=args.trials, imgsz=args.imgsz, camera_hz=args.camera_hz,
+                            throughput_s=args.throughput_s)
+    print(format_node_bench(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def _env(_: argparse.Namespace) -> int:
     """Print what this environment runs on: the first thing to check on a new vehicle."""
     import rclpy
@@ -165,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo over DDS")
-    demo.add_argument("--weights", default="yolov5n.yaml", help="model YAML or .pt checkpoint")
-    demo.add_argument("--frames", type=int, default=20, help="frames to send through the node")
+    demo.add_argument("--checkpoint", type=Path,
+                      help="reversible checkpoint (default: demo-out/yolov5n.rvp.safetensors, made if missing)")
+    demo.add_argument("--frames", type=int, default=30, help="frames to send; the anomaly fires for the middle third")
     demo.set_defaults(func=_demo)
 
     _add_prune(sub)
@@ -197,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=10, help="interleaved inferences per level")
     bench.add_argument("--json", help="also write the results here")
     bench.set_defaults(func=_bench)
+
+    node_bench = sub.add_parser("bench-node", help="the node over DDS: anomaly -> full-level detections, throughput")
+    node_bench.add_argument("--checkpoint", type=Path, required=True, help="*.rvp.safetensors")
+    node_bench.add_argument("--imgsz", type=int, default=640)
+    node_bench.add_argument("--trials", type=int, default=50, help="anomaly trials (median and worst reported)")
+    node_bench.add_argument("--camera-hz", type=float,
+                            help="synthetic camera rate (default: twice the bare pruned fps, at most 60)")
+    node_bench.add_argument("--throughput-s", type=float, default=10.0, help="seconds of throughput measurement")
+    node_bench.add_argument("--json", help="also write the results here")
+    node_bench.set_defaults(func=_bench_node)
 
     env = sub.add_parser("env", help="print the versions and middleware this environment uses")
     env.set_defaults(func=_env)

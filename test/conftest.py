@@ -36,6 +36,38 @@ def ros_context() -> Iterator[None]:
         rclpy.try_shutdown()
 
 
+def revperception(*args: str) -> subprocess.CompletedProcess:
+    """The `revperception` console script, as users run it."""
+    return subprocess.run([str(BIN / "revperception"), *args], capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-level checkpoint (pruned, level1, full) by `prune --no-finetune` of YOLOv5n built from its YAML.
+
+    The weights get real BatchNorm statistics and spread class biases first: a fresh model scores every
+    box alike, and NMS over near-ties cannot tell two equal implementations apart.
+    """
+    from revperception.models import load_model
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = load_model("yolov5n.yaml").model
+    randomise_batchnorms(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for branch in model.model[-1].cv3:
+            branch[-1].bias.copy_(torch.randn(branch[-1].bias.shape, generator=generator) * 3 - 4)
+    torch.save({"model": model}, folder / "n.pt")
+    out = folder / "n.rvp.safetensors"
+    proc = revperception("prune", "--weights", str(folder / "n.pt"), "--sparsity", "0.36", "--levels", "2",
+                         "--no-finetune", "--imgsz", "160", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    return out
+
+
 def shared_path(relative: str) -> Path:
     """A file under ../shared, or a skip with the reason when it is absent (as on users' machines)."""
     path = SHARED / relative

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN
+from conftest import revperception
 from revperception.checkpoint import load_reversible, read_metadata
 
 
-def revperception(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "revperception"), *args], capture_output=True, text=True, timeout=600,
-                          check=False)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "n.rvp.safetensors"
-    proc = revperception("prune", "--weights", "yolov5n.yaml", "--sparsity", "0.36", "--levels", "2",
-                         "--no-finetune", "--imgsz", "160", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "wrote" in proc.stdout
-    return out
+@pytest.fixture
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def test_prune_writes_a_verified_reversible_checkpoint(checkpoint: Path) -> None:

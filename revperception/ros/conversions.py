@@ -1,10 +1,10 @@
-"""sensor_msgs/Image <-> numpy and Detections -> vision_msgs, without cv_bridge (no wheel exists)."""
+"""sensor_msgs/Image and CompressedImage <-> numpy, Detections -> vision_msgs, without cv_bridge (no wheel exists)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
@@ -50,6 +50,19 @@ def image_to_bgr(msg: Image) -> np.ndarray:
     if code is None:
         return np.ascontiguousarray(pixels)
     return cv2.cvtColor(pixels, code)
+
+
+def compressed_to_bgr(msg: CompressedImage) -> np.ndarray:
+    """Decode a JPEG or PNG CompressedImage (any `format` string; the bytes say what they are) to BGR."""
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageError("empty compressed image")
+    frame = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if frame is None:
+        raise ImageError(f"cannot decode {data.size} bytes of {msg.format or 'unknown format'!r} as JPEG or PNG")
+    if frame.shape[0] * frame.shape[1] > MAX_PIXELS:
+        raise ImageError(f"image of {frame.shape[1]}x{frame.shape[0]} exceeds the {MAX_PIXELS}-pixel limit")
+    return frame
 
 
 def bgr_to_image(array: np.ndarray, header: Header | None = None) -> Image:

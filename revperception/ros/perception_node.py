@@ -1,77 +1,419 @@
-"""The perception node: camera frames in, vision_msgs detections out.
+"""The perception node: a managed node that runs the reversible detector on a camera stream.
 
-Start it as `ros2 run` would: `perception_node --ros-args -p weights:=yolov5n.yaml -r image:=/camera/image_raw`.
+`ros2 run revperception perception_node --ros-args --params-file config/perception.yaml -r image:=/camera/image_raw`
+
+Wiring only: parameters -> LevelPolicy and ReversibleDetector; callbacks -> conversions. The one seam
+where the level changes is `_apply`. Inference runs on its own worker thread, which always takes the
+latest frame (older unprocessed frames are dropped and counted), so anomaly messages, the force-full
+service and the policy timer never wait behind an inference: at most behind one frame's decoding.
+
+The executor is single-threaded on purpose. rclpy's MultiThreadedExecutor (Jazzy) re-scans its wait
+set while holding the interpreter lock whenever a callback is in flight; measured at imgsz 320 it
+starved the inference thread to 4-14 fps against 48 fps here (`revperception bench-node`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Bool, Header, String
+from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
-from revperception.models import Detector, load_model
+from revperception.checkpoint import read_metadata
+from revperception.models.annotate import annotate
+from revperception.policy import Decision, LevelPolicy
+from revperception.pruning import FULL
 from revperception.ros import qos
-from revperception.ros.conversions import ImageError, image_to_bgr, to_detection2d_array
+from revperception.ros.conversions import (
+    ImageError,
+    bgr_to_image,
+    compressed_to_bgr,
+    image_to_bgr,
+    to_detection2d_array,
+)
 from revperception.ros.spin import spin_until_signalled
+from revperception.runtime import ReversibleDetector
+
+NAME = "revperception"
+POLICY_PERIOD_S = 0.02  # how often hold expiry and the silence timeout are checked between messages
 
 
-class PerceptionNode(Node):
-    """Runs the detector on every received frame and publishes its detections with the frame's header."""
+def _describe(description: str, *, read_only: bool = False, low: float | None = None, high: float | None = None,
+              integer: bool = False) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=description, read_only=read_only)
+    if low is not None:
+        if integer:
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
+    return descriptor
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__("revperception", **kwargs)
-        weights = self._param("weights", "yolov5n.yaml", "model YAML or Ultralytics .pt checkpoint")
-        imgsz = self._param("imgsz", 640, "inference size (longest side, pixels)")
-        conf = self._param("conf", 0.25, "confidence threshold")
-        iou = self._param("iou", 0.45, "NMS IoU threshold")
-        max_det = self._param("max_det", 300, "maximum detections per frame")
-        device = self._param("device", "cpu", "torch device")
-        image_qos = self._param("image_qos", "sensor_data", "image subscription QoS: sensor_data or reliable")
 
-        loaded = load_model(weights)
-        self.detector = Detector(
-            loaded.model, loaded.names, stride=loaded.stride, imgsz=imgsz, conf=conf, iou=iou,
-            max_det=max_det, device=device,
-        )
-        self.frames = 0
-        self.bad_frames = 0
-        self.publisher = self.create_publisher(Detection2DArray, "detections", qos.DETECTIONS)
-        self.subscription = self.create_subscription(Image, "image", self._on_image, qos.image_qos(image_qos))
-        self.get_logger().info(f"ready: {weights} ({len(loaded.names)} classes) on {device}, imgsz {imgsz}")
+# name -> (default, descriptor). `config/perception.yaml` mirrors this table (a test keeps them in step).
+PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "checkpoint": ("", _describe("reversible checkpoint (*.rvp.safetensors) from `revperception prune`",
+                                 read_only=True)),
+    "device": ("cpu", _describe("torch device: cpu, cuda, cuda:1", read_only=True)),
+    "imgsz": (640, _describe("inference size (longest side, pixels)", read_only=True, low=32, high=4096,
+                             integer=True)),
+    "conf": (0.25, _describe("confidence threshold", low=0.0, high=1.0)),
+    "iou": (0.45, _describe("NMS IoU threshold", low=0.0, high=1.0)),
+    "max_det": (300, _describe("most detections per frame", low=1, high=10000, integer=True)),
+    "classes": (Parameter.Type.INTEGER_ARRAY, _describe("class ids to keep (unset or empty = all)")),
+    "start_level": ("pruned", _describe("level when calm: a checkpoint level name", read_only=True)),
+    "anomaly_clear_hold_s": (2.0, _describe("seconds the anomaly must stay false before the calm level returns",
+                                            low=0.0, high=3600.0)),
+    "anomaly_timeout_s": (0.0, _describe("no anomaly message for this long means full (0 = off)",
+                                         low=0.0, high=3600.0)),
+    "image_qos": ("sensor_data", _describe("image subscription QoS: sensor_data or reliable", read_only=True)),
+    "compressed": (False, _describe("subscribe to <image>/compressed (JPEG/PNG) instead of raw image",
+                                    read_only=True)),
+    "publish_debug_image": (False, _describe("publish annotated frames on ~/debug_image")),
+    "autostart": (True, _describe("configure and activate at start (no lifecycle manager needed)",
+                                  read_only=True)),
+}
 
-    def _param(self, name: str, default, description: str):
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+# ~/mode: late joiners (a recorder, a dashboard) get the current level at once.
+MODE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Anomaly flags: reliable and keep-all, so no message is dropped even when a burst outpaces the callback
+# (a short true pulse must still start the hold); a reliable publisher is slowed rather than losing one.
+ANOMALY_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
-    def _on_image(self, msg: Image) -> None:
+
+class StartError(RuntimeError):
+    """The node could not configure or activate; the message says why."""
+
+
+class LatestFrame:
+    """A one-message mailbox: a new frame replaces an unprocessed one, which is counted as dropped."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._msg: Any = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, msg: Any) -> None:
+        with self._ready:
+            if self._msg is not None:
+                self.dropped += 1
+            self._msg = msg
+            self._ready.notify()
+
+    def take(self) -> Any:
+        """The latest frame, waiting for one; None once closed."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._msg is not None or self._closed)
+            msg, self._msg = self._msg, None
+            return None if self._closed else msg
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
+@dataclass
+class Stats:
+    """Counters for /diagnostics and ~/frame_info."""
+
+    frames: int = 0
+    bad_frames: int = 0
+    errors: int = 0
+    anomaly_messages: int = 0
+    switches: int = 0
+    last_switch: str = "never"
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50))
+    window_frames: int = 0  # frames since the last /diagnostics message
+
+
+class PerceptionNode(LifecycleNode):
+    """Camera frames in, detections out, at the level the LevelPolicy wants; see the module docstring."""
+
+    def __init__(self, node_name: str = NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.detector: ReversibleDetector | None = None
+        self.policy: LevelPolicy | None = None
+        self.weights_sha256 = ""
+        self.stats = Stats()
+        self._lock = threading.Lock()  # policy and level seam, shared with the worker; never held during inference
+        self._decision = Decision("", "start")
+        self._frames: LatestFrame | None = None  # the latest frame for the inference worker, while active
+        self._window_start = time.monotonic()
+        self._teardown: list[Callable[[], Any]] = []  # undoes on_activate
+        self._failure = ""
+        if self.param("autostart"):
+            self.start()
+
+    def param(self, name: str) -> Any:
+        """A parameter's value; None for one declared without a value (`classes` when unset)."""
         try:
-            frame = image_to_bgr(msg)
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+
+    def start(self) -> None:
+        """Configure and activate, as a lifecycle manager would; raises StartError with the reason."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise StartError(self._failure)
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            raise StartError(self._failure)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load and verify the checkpoint; never fall back to other weights."""
+        checkpoint = self.param("checkpoint")
+        try:
+            if not checkpoint:
+                raise ValueError("parameter 'checkpoint' is not set (a *.rvp.safetensors from `revperception prune`)")
+            self.detector = ReversibleDetector.from_checkpoint(
+                checkpoint, device=self.param("device"), imgsz=self.param("imgsz"), conf=self.param("conf"),
+                iou=self.param("iou"), max_det=self.param("max_det"), classes=self.param("classes") or None,
+                start_level=self._start_level(checkpoint))
+            self.weights_sha256 = read_metadata(checkpoint)["weights_sha256"]
+        except Exception as err:  # any reason at all: log it, report failure, load nothing else
+            self._failure = f"cannot load checkpoint {checkpoint!r}: {err}"
+            self.get_logger().fatal(self._failure)
+            self.detector = None
+            return TransitionCallbackReturn.FAILURE
+        self.policy = LevelPolicy(calm_level=self.param("start_level"), alert_level=FULL,
+                                  clear_hold_s=self.param("anomaly_clear_hold_s"),
+                                  timeout_s=self.param("anomaly_timeout_s"), clock=self._policy_clock())
+        self._detections = self.create_publisher(Detection2DArray, "detections", qos.DETECTIONS)
+        self._mode = self.create_publisher(String, "~/mode", MODE_QOS)
+        self._frame_info = self.create_publisher(DiagnosticArray, "~/frame_info", qos.DETECTIONS)
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DETECTIONS)
+        self._debug = self.create_publisher(Image, "~/debug_image", qos.IMAGE_SENSOR_DATA)
+        self.get_logger().info(
+            f"configured: {Path(checkpoint).name} (sha256 {self.weights_sha256[:12]}), levels "
+            f"{', '.join(self.detector.levels)}, on {self.param('device')}, imgsz {self.detector.detector.imgsz}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            image_qos = qos.image_qos(self.param("image_qos"))
+        except ValueError as err:
+            self._failure = str(err)
+            self.get_logger().fatal(self._failure)
+            return TransitionCallbackReturn.FAILURE
+        if self.param("compressed"):
+            topic = self.resolve_topic_name("image") + "/compressed"  # image_transport's naming
+            images = self.create_subscription(CompressedImage, topic, self._on_frame, image_qos)
+        else:
+            images = self.create_subscription(Image, "image", self._on_frame, image_qos)
+        anomaly = self.create_subscription(Bool, "anomaly", self._on_anomaly, ANOMALY_QOS)
+        force = self.create_service(SetBool, "~/force_full", self._on_force_full)
+        timers = [self.create_timer(POLICY_PERIOD_S, self._on_policy_timer),
+                  self.create_timer(1.0, self._publish_diagnostics)]
+        frames = LatestFrame()
+        worker = threading.Thread(target=self._work, args=(frames,), name="inference", daemon=True)
+        worker.start()
+        self._frames = frames
+        self._teardown = [partial(self.destroy_subscription, images), partial(self.destroy_subscription, anomaly),
+                          partial(self.destroy_service, force), *(partial(self.destroy_timer, t) for t in timers),
+                          frames.close, worker.join]
+        with self._lock:
+            self._apply(self.policy.decide(), publish_always=True)
+        self.get_logger().info(f"active: {images.topic_name} -> {self._detections.topic_name}, level "
+                               f"{self.detector.level}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for publisher in (self._detections, self._mode, self._frame_info, self._diagnostics, self._debug):
+            self.destroy_publisher(publisher)
+        self.detector = self.policy = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        self._stop_processing()
+        super().destroy_node()
+
+    def _stop_processing(self) -> None:
+        teardown, self._teardown = self._teardown, []
+        for undo in teardown:
+            undo()
+
+    def _start_level(self, checkpoint: str) -> str:
+        level = self.param("start_level")
+        levels = read_metadata(checkpoint)["levels"]["names"]
+        if level not in levels:
+            raise ValueError(f"start_level {level!r} is not a level of this checkpoint ({', '.join(levels)})")
+        return level
+
+    def _policy_clock(self) -> Any:
+        """Steady time, or the ROS clock under use_sim_time so holds follow a replayed bag's time."""
+        if self.param("use_sim_time"):
+            return lambda: self.get_clock().now().nanoseconds * 1e-9
+        return time.monotonic
+
+    # -- parameters -----------------------------------------------------------------------------------
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for p in params:
+            if p.name == "classes" and p.value is not None and any(c < 0 for c in p.value):
+                return SetParametersResult(successful=False, reason="classes are non-negative class ids")
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """Run-time changes take effect from the next frame (detector) or at once (policy)."""
+        with self._lock:
+            for p in params:
+                if self.detector is not None and p.name in ("conf", "iou", "max_det"):
+                    setattr(self.detector.detector, p.name, p.value)
+                elif self.detector is not None and p.name == "classes":
+                    self.detector.detector.classes = list(p.value) or None
+                elif self.policy is not None and p.name == "anomaly_clear_hold_s":
+                    self.policy.clear_hold_s = p.value
+                elif self.policy is not None and p.name == "anomaly_timeout_s":
+                    self.policy.timeout_s = p.value
+
+    # -- the level seam -------------------------------------------------------------------------------
+
+    def _apply(self, decision: Decision, *, publish_always: bool = False) -> None:
+        """Make the detector's level the policy's; call with `_lock` held."""
+        changed = decision.level != self.detector.level
+        if changed:
+            previous = self.detector.level
+            self.detector.set_level(decision.level)  # one assignment; the next inference runs at it
+            self.stats.switches += 1
+            self.stats.last_switch = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            # every switch is on ~/mode and counted in /diagnostics; the log must not flood with a flapping input
+            self.get_logger().info(f"level {previous} -> {decision.level} ({decision.reason})",
+                                   throttle_duration_sec=1.0)
+        if changed or publish_always:
+            self._mode.publish(String(data=decision.level))
+        self._decision = decision
+
+    def _on_anomaly(self, msg: Bool) -> None:
+        with self._lock:
+            self.stats.anomaly_messages += 1
+            self._apply(self.policy.on_anomaly(msg.data))
+
+    def _on_force_full(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            self._apply(self.policy.force_full(request.data))
+            response.success = True
+            response.message = f"level {self.detector.level} ({self._decision.reason})"
+        return response
+
+    def _on_policy_timer(self) -> None:
+        with self._lock:
+            self._apply(self.policy.decide())
+
+    # -- frames ---------------------------------------------------------------------------------------
+
+    def _on_frame(self, msg: Image | CompressedImage) -> None:
+        """Decode here, on the executor, while the worker runs the previous frame; bad input is counted."""
+        try:
+            frame = compressed_to_bgr(msg) if isinstance(msg, CompressedImage) else image_to_bgr(msg)
         except ImageError as err:
-            self.bad_frames += 1
+            self.stats.bad_frames += 1
             self.get_logger().warning(f"skipped a frame: {err}", throttle_duration_sec=5.0)
             return
+        self._frames.put((msg.header, frame))
+
+    def _work(self, frames: LatestFrame) -> None:
+        while (item := frames.take()) is not None:
+            try:
+                self._process(*item, frames.dropped)
+            except Exception as err:  # the node outlives any one frame
+                self.stats.errors += 1
+                self.get_logger().error(f"frame failed: {err!r}", throttle_duration_sec=5.0)
+
+    def _process(self, header: Header, frame: np.ndarray, dropped: int) -> None:
+        with self._lock:  # the hold may have expired, or the detector fallen silent, since the last tick
+            self._apply(self.policy.decide())
         start = time.perf_counter()
         detections = self.detector.predict(frame)
-        self.frames += 1
-        self.publisher.publish(to_detection2d_array(detections, msg.header))
-        self.get_logger().debug(f"frame {self.frames}: {len(detections)} detections in "
-                                f"{(time.perf_counter() - start) * 1e3:.1f} ms")
+        latency_ms = (time.perf_counter() - start) * 1e3
+        self._detections.publish(to_detection2d_array(detections, header))
+        stats = self.stats
+        stats.frames += 1
+        stats.window_frames += 1
+        stats.latencies_ms.append(latency_ms)
+        self._frame_info.publish(self._status_array(header, "frame", {
+            "level": detections.level, "latency_ms": f"{latency_ms:.2f}", "detections": len(detections),
+            "frame": stats.frames, "dropped_frames": dropped, "bad_frames": stats.bad_frames}))
+        if self.param("publish_debug_image"):
+            banner = f"{detections.level} {latency_ms:.0f} ms"
+            self._debug.publish(bgr_to_image(annotate(frame, detections, banner=banner), header))
+
+    # -- diagnostics ----------------------------------------------------------------------------------
+
+    def _status_array(self, header: Header, what: str, values: dict[str, Any],
+                      level: bytes = DiagnosticStatus.OK, message: str = "") -> DiagnosticArray:
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: {what}", message=message,
+                                  hardware_id=self.get_fully_qualified_name(),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        return DiagnosticArray(header=header, status=[status])
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        stats, policy = self.stats, self.policy
+        fps = stats.window_frames / max(now - self._window_start, 1e-6)
+        stats.window_frames, self._window_start = 0, now
+        latencies = sorted(stats.latencies_ms)
+        with self._lock:
+            decision, age = self._decision, policy.message_age()
+            anomaly, forced = policy.anomaly, policy.forced
+        warn = decision.reason == "timeout"
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self._diagnostics.publish(self._status_array(header, "perception", {
+            "level": decision.level, "reason": decision.reason, "fps": f"{fps:.2f}",
+            "latency_ms": f"{latencies[len(latencies) // 2]:.2f}" if latencies else "n/a",
+            "frames": stats.frames, "dropped_frames": self._frames.dropped if self._frames else 0,
+            "bad_frames": stats.bad_frames, "errors": stats.errors, "switches": stats.switches,
+            "anomaly_messages": stats.anomaly_messages,
+            "last_switch": stats.last_switch, "anomaly": anomaly, "forced_full": forced,
+            "anomaly_age_s": "never" if age is None else f"{age:.2f}", "weights_sha256": self.weights_sha256,
+        }, DiagnosticStatus.WARN if warn else DiagnosticStatus.OK,
+            "anomaly detector silent: holding full" if warn else f"running {decision.level}"))
 
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = PerceptionNode()
-    except Exception as err:  # a bad model must exit non-zero with a readable line, not a traceback wall
-        rclpy.logging.get_logger("revperception").fatal(f"cannot start: {err}")
+    except Exception as err:  # a bad checkpoint or parameter exits non-zero with one readable line
+        rclpy.logging.get_logger(NAME).fatal(f"cannot start: {err}")
         rclpy.try_shutdown()
         raise SystemExit(1) from err
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        spin_until_signalled(node)
+        spin_until_signalled(executor)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import rclpy
+from rclpy.executors import Executor
 from rclpy.node import Node
 
 
@@ -22,18 +23,23 @@ def spin_until(node: Node, done: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def spin_until_signalled(node: Node, poll_s: float = 0.1) -> None:
-    """Spin until SIGINT or SIGTERM, with the signals handled here rather than by rclpy.
+def spin_until_signalled(executor: Executor, poll_s: float = 0.1) -> None:
+    """Spin `executor` on a thread until SIGINT or SIGTERM, with the signals handled here rather than by rclpy.
 
     rclpy's own handler was seen, once under heavy load, to leave a node spinning after SIGTERM. A
-    Python handler that only sets a flag, checked between short spins, cannot lose the request.
-    Initialise rclpy with `signal_handler_options=SignalHandlerOptions.NO` to use it.
+    Python handler that only sets a flag cannot lose the request. The executor spins on its own thread
+    because spin_once() in a loop busy-waits while a callback group is occupied. Initialise rclpy with
+    `signal_handler_options=SignalHandlerOptions.NO` to use it.
     """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
+    spinner.start()
     try:
-        while not stop.is_set() and rclpy.ok():
-            rclpy.spin_once(node, timeout_sec=poll_s)
+        while not stop.wait(poll_s) and rclpy.ok() and spinner.is_alive():
+            pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        executor.shutdown()
+        spinner.join()

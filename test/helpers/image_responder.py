@@ -7,6 +7,7 @@ crossed process boundaries intact, and the bbox spans the whole image.
 import zlib
 
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
@@ -35,8 +36,10 @@ def main() -> None:
         publisher.publish(Detection2DArray(header=msg.header, detections=[det]))
 
     node.create_subscription(Image, "image", on_image, qos.IMAGE_RELIABLE)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        spin_until_signalled(node)
+        spin_until_signalled(executor)
     finally:
         rclpy.try_shutdown()
 

@@ -1,0 +1,38 @@
+"""Launch the revperception perception node.
+
+ros2 launch revperception perception.launch.py checkpoint:=/path/model.rvp.safetensors image:=/camera/image_raw
+"""
+
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+
+CONFIG = Path(__file__).resolve().parent.parent / "config" / "perception.yaml"
+
+
+def generate_launch_description() -> LaunchDescription:
+    arg = LaunchConfiguration
+    return LaunchDescription([
+        DeclareLaunchArgument("checkpoint", description="reversible checkpoint (*.rvp.safetensors)"),
+        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="camera image topic"),
+        DeclareLaunchArgument("anomaly", default_value="/anomaly", description="anomaly topic (std_msgs/Bool)"),
+        DeclareLaunchArgument("params_file", default_value=str(CONFIG), description="node parameters"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
+        LifecycleNode(
+            package="revperception",
+            executable="perception_node",
+            name="revperception",
+            namespace=arg("namespace"),
+            output="screen",
+            parameters=[arg("params_file"), {
+                "checkpoint": arg("checkpoint"),
+                "use_sim_time": ParameterValue(arg("use_sim_time"), value_type=bool),
+            }],
+            remappings=[("image", arg("image")), ("anomaly", arg("anomaly"))],
+        ),
+    ])

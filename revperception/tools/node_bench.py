@@ -1,0 +1,185 @@
+"""`revperception bench-node`: the node's reversion latency and throughput, end to end over DDS.
+
+A camera streams frames into the node process (started as `ros2 run` would start it). Each trial
+publishes `anomaly: true` and times how long until detections produced by the full level arrive; that
+includes finishing the pruned frame already in flight, as it would on a vehicle. The alternative the
+paper compares with (reload the full model from disk on the anomaly, then infer) and one bare full
+inference are measured in this process, with the node stopped, on the same frame.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+import torch
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Header, String
+from vision_msgs.msg import Detection2DArray
+
+from revperception.pruning import FULL, PRUNED
+from revperception.ros import qos
+from revperception.ros.conversions import bgr_to_image
+from revperception.ros.perception_node import ANOMALY_QOS, MODE_QOS
+from revperception.ros.spin import spin_until
+from revperception.runtime import ReversibleDetector
+from revperception.tools.synthetic import road_frame
+
+
+class _Probe:
+    """Camera, anomaly source and listener around one node process."""
+
+    def __init__(self, namespace: str) -> None:
+        self.node = Node("bench_probe", namespace=namespace)
+        self.arrivals: dict[int, float] = {}  # detections stamp -> receive time
+        self.levels: dict[int, str] = {}  # frame_info stamp -> level
+        self.modes: list[str] = []
+        self.node.create_subscription(Detection2DArray, "detections", self._on_detections, qos.DETECTIONS)
+        self.node.create_subscription(DiagnosticArray, "revperception/frame_info", self._on_info, qos.DETECTIONS)
+        self.node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), MODE_QOS)
+        self.camera = self.node.create_publisher(Image, "image", qos.IMAGE_RELIABLE)
+        self.anomaly = self.node.create_publisher(Bool, "anomaly", ANOMALY_QOS)
+        self._stop = threading.Event()
+        self._stamp = 0
+
+    def _on_detections(self, msg: Detection2DArray) -> None:
+        self.arrivals[msg.header.stamp.sec] = time.perf_counter()
+
+    def _on_info(self, msg: DiagnosticArray) -> None:
+        self.levels[msg.header.stamp.sec] = next(kv.value for kv in msg.status[0].values if kv.key == "level")
+
+    def stream(self, rate_hz: float) -> threading.Thread:
+        """Publish frames at `rate_hz` from a thread until `stop()`; stamps count up from 1."""
+        frame = bgr_to_image(road_frame(0))
+
+        def run() -> None:
+            period, next_at = 1.0 / rate_hz, time.perf_counter()
+            while not self._stop.is_set():
+                self._stamp += 1
+                frame.header = Header(stamp=Time(sec=self._stamp), frame_id="camera")
+                self.camera.publish(frame)
+                next_at += period
+                self._stop.wait(max(0.0, next_at - time.perf_counter()))  # the camera's frame clock
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, done: Any, timeout_s: float = 30.0) -> bool:
+        return spin_until(self.node, done, timeout_s)
+
+
+def _bare_latencies(checkpoint: Path, imgsz: int, runs: int) -> dict[str, float]:
+    """Median inference of each level on the bare model, and disk reload + one full inference."""
+    image = road_frame(0)
+    detector = ReversibleDetector.from_checkpoint(checkpoint, imgsz=imgsz)
+    out: dict[str, float] = {}
+    for level in (PRUNED, FULL):
+        detector.set_level(level)
+        detector.predict(image)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            detector.predict(image)
+            times.append(time.perf_counter() - start)
+        out[f"{level}_ms"] = statistics.median(times) * 1e3
+    reloads = []
+    for _ in range(max(3, runs // 4)):
+        start = time.perf_counter()
+        ReversibleDetector.from_checkpoint(checkpoint, imgsz=imgsz, start_level=FULL).predict(image)
+        reloads.append((time.perf_counter() - start) * 1e3)
+    out["reload_median_ms"], out["reload_worst_ms"] = statistics.median(reloads), max(reloads)
+    return out
+
+
+def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, camera_hz: float | None = None,
+                   throughput_s: float = 10.0) -> dict[str, Any]:
+    """Reversion latency (median, worst of `trials`) and node throughput against the bare model.
+
+    The camera runs at twice the bare model's pruned frame rate (at most 60 Hz) unless told otherwise, so
+    the node always has a fresh frame waiting, as with a real camera faster than the model.
+    """
+    bare = _bare_latencies(checkpoint, imgsz, runs=20)
+    camera_hz = camera_hz or min(60.0, 2e3 / bare["pruned_ms"])
+    namespace = f"/revperception_bench_{os.getpid()}"
+    proc = subprocess.Popen([
+        sys.executable, "-m", "revperception.ros.perception_node", "--ros-args", "-p", f"checkpoint:={checkpoint}",
+        "-p", f"imgsz:={imgsz}", "-p", "anomaly_clear_hold_s:=0.0", "-p", "image_qos:=reliable",
+        "-r", f"__ns:={namespace}"])
+    rclpy.init()
+    probe = _Probe(namespace)
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "imgsz": imgsz, "trials": trials,
+                              "camera_hz": camera_hz, "torch_threads": torch.get_num_threads(), **bare}
+    try:
+        if not probe.wait(lambda: probe.camera.get_subscription_count() > 0 and probe.modes, 120):
+            raise RuntimeError(f"the node did not come up (exit code {proc.poll()})")
+        probe.stream(camera_hz)
+        if not probe.wait(lambda: len(probe.levels) >= 5, 60):
+            raise RuntimeError("the node answered no frames")
+        # Throughput: the camera outpaces the model, so the node is never idle; count frames it finishes.
+        start_count, start = len(probe.levels), time.perf_counter()
+        probe.wait(lambda: False, throughput_s)
+        node_fps = (len(probe.levels) - start_count) / (time.perf_counter() - start)
+        result["node_fps_pruned"] = node_fps
+        result["bare_fps_pruned"] = 1e3 / bare["pruned_ms"]
+        result["throughput_ratio"] = node_fps * bare["pruned_ms"] / 1e3
+        latencies = []
+        for _ in range(trials):
+            newest = max(probe.levels)
+            if not probe.wait(lambda n=newest: max(probe.levels) > n, 30):  # mid-stream, a pruned frame in flight
+                raise RuntimeError("the node stopped answering")
+            sent = time.perf_counter()
+            probe.anomaly.publish(Bool(data=True))
+            first_full = None
+
+            def full_arrived(since: float = sent) -> bool:
+                nonlocal first_full
+                fresh = [s for s, level in probe.levels.items() if level == FULL and probe.arrivals.get(s, 0) > since]
+                first_full = min(fresh) if fresh else None
+                return first_full is not None
+
+            if not probe.wait(full_arrived, 30):
+                raise RuntimeError("no full-level detections after an anomaly")
+            latencies.append((probe.arrivals[first_full] - sent) * 1e3)
+            probe.anomaly.publish(Bool(data=False))
+            if not probe.wait(lambda: probe.modes[-1] == PRUNED, 30):
+                raise RuntimeError("the node did not return to pruned")
+        result["revert_median_ms"] = statistics.median(latencies)
+        result["revert_worst_ms"] = max(latencies)
+        result["revert_over_full_inference"] = result["revert_median_ms"] / bare["full_ms"]
+        result["reload_over_revert"] = bare["reload_median_ms"] / result["revert_median_ms"]
+        return result
+    finally:
+        probe.stop()
+        probe.node.destroy_node()
+        rclpy.try_shutdown()
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def format_node_bench(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"node bench: {r['checkpoint']} at imgsz {r['imgsz']}, camera {r['camera_hz']:.0f} Hz, "
+        f"{r['torch_threads']} torch threads",
+        f"  bare inference: pruned {r['pruned_ms']:.1f} ms, full {r['full_ms']:.1f} ms",
+        f"  anomaly -> first full-level detections over DDS: median {r['revert_median_ms']:.1f} ms, "
+        f"worst {r['revert_worst_ms']:.1f} ms of {r['trials']} ({r['revert_over_full_inference']:.2f}x one full "
+        f"inference; target <= 1.6x)",
+        f"  reload from disk + full inference instead: median {r['reload_median_ms']:.1f} ms, worst "
+        f"{r['reload_worst_ms']:.1f} ms ({r['reload_over_revert']:.1f}x the reversion)",
+        f"  throughput at pruned: node {r['node_fps_pruned']:.2f} fps, bare model {r['bare_fps_pruned']:.2f} fps "
+        f"-> {r['throughput_ratio']:.2f} (target >= 0.9)",
+    ])
