@@ -59,3 +59,14 @@ def test_bad_checkpoints_exit_non_zero_with_a_reason(checkpoint: Path, tmp_path:
 def test_prune_with_fine_tuning_is_refused_until_it_exists(tmp_path: Path) -> None:
     proc = revperception("prune", "--weights", "yolov5n.yaml", "--out", str(tmp_path / "x.rvp.safetensors"))
     assert proc.returncode == 2 and "--no-finetune" in proc.stderr
+
+
+def test_bench_node_measures_reversion_over_dds(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "node.json"
+    proc = revperception("bench-node", "--checkpoint", str(checkpoint), "--imgsz", "160", "--trials", "3",
+                         "--throughput-s", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["trials"] == 3 and result["revert_worst_ms"] >= result["revert_median_ms"] > 0
+    assert result["node_fps_pruned"] > 0 and result["reload_median_ms"] > 0
+    assert "anomaly -> first full-level detections" in proc.stdout

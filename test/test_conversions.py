@@ -5,10 +5,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from revperception.models import Detections
-from revperception.ros.conversions import ImageError, bgr_to_image, image_to_bgr, to_detection2d_array
+from revperception.models.annotate import annotate
+from revperception.ros.conversions import (
+    ImageError,
+    bgr_to_image,
+    compressed_to_bgr,
+    image_to_bgr,
+    to_detection2d_array,
+)
 
 RNG = np.random.default_rng(1)
 BGR = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -79,3 +86,27 @@ def test_detections_become_vision_msgs() -> None:
     assert det.results[0].hypothesis.score == pytest.approx(0.9)
     assert (det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.size_x, det.bbox.size_y) == (
         30.0, 50.0, 40.0, 60.0)
+
+
+def test_png_is_lossless_and_jpeg_close() -> None:
+    big = cv2.resize(BGR, (70, 50), interpolation=cv2.INTER_NEAREST)
+    png = CompressedImage(format="png", data=cv2.imencode(".png", big)[1].tobytes())
+    np.testing.assert_array_equal(compressed_to_bgr(png), big)
+    jpeg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=cv2.imencode(".jpg", big)[1].tobytes())
+    assert np.abs(compressed_to_bgr(jpeg).astype(int) - big).mean() < 40
+
+
+@pytest.mark.parametrize(("data", "reason"), [(b"", "empty"), (b"\xff\xd8\xff\xe0junk", "cannot decode")])
+def test_bad_compressed_images_raise_a_clear_error(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError, match=reason):
+        compressed_to_bgr(CompressedImage(format="jpeg", data=data))
+
+
+def test_annotate_draws_boxes_and_banner_on_a_copy() -> None:
+    frame = np.zeros((120, 160, 3), np.uint8)
+    detections = Detections(boxes=np.array([[10, 20, 80, 100]], np.float32), scores=np.array([0.9], np.float32),
+                            class_ids=np.array([0]), names={0: "car"})
+    out = annotate(frame, detections, banner="full")
+    assert frame.sum() == 0 and out.shape == frame.shape
+    assert out[60, 10].any() and out[60, 80].any()  # the box edges
+    assert not out[60, 45].any()  # its inside is left alone

@@ -44,19 +44,22 @@ class _Probe:
         self.arrivals: dict[int, float] = {}  # detections stamp -> receive time
         self.levels: dict[int, str] = {}  # frame_info stamp -> level
         self.modes: list[str] = []
+        self.dropped = 0  # frames the node dropped for newer ones, as it last reported
         self.node.create_subscription(Detection2DArray, "detections", self._on_detections, qos.DETECTIONS)
         self.node.create_subscription(DiagnosticArray, "revperception/frame_info", self._on_info, qos.DETECTIONS)
         self.node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), MODE_QOS)
         self.camera = self.node.create_publisher(Image, "image", qos.IMAGE_RELIABLE)
         self.anomaly = self.node.create_publisher(Bool, "anomaly", ANOMALY_QOS)
         self._stop = threading.Event()
-        self._stamp = 0
+        self.stamp = 0
 
     def _on_detections(self, msg: Detection2DArray) -> None:
         self.arrivals[msg.header.stamp.sec] = time.perf_counter()
 
     def _on_info(self, msg: DiagnosticArray) -> None:
-        self.levels[msg.header.stamp.sec] = next(kv.value for kv in msg.status[0].values if kv.key == "level")
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        self.levels[msg.header.stamp.sec] = values["level"]
+        self.dropped = int(values["dropped_frames"])
 
     def stream(self, rate_hz: float) -> threading.Thread:
         """Publish frames at `rate_hz` from a thread until `stop()`; stamps count up from 1."""
@@ -65,8 +68,8 @@ class _Probe:
         def run() -> None:
             period, next_at = 1.0 / rate_hz, time.perf_counter()
             while not self._stop.is_set():
-                self._stamp += 1
-                frame.header = Header(stamp=Time(sec=self._stamp), frame_id="camera")
+                self.stamp += 1
+                frame.header = Header(stamp=Time(sec=self.stamp), frame_id="camera")
                 self.camera.publish(frame)
                 next_at += period
                 self._stop.wait(max(0.0, next_at - time.perf_counter()))  # the camera's frame clock
@@ -105,6 +108,37 @@ def _bare_latencies(checkpoint: Path, imgsz: int, runs: int) -> dict[str, float]
     return out
 
 
+def _throughput(probe: _Probe, seconds: float) -> dict[str, float]:
+    """Frames the node finishes per second while the camera outpaces it (it is never idle)."""
+    count, stamp, dropped, start = len(probe.levels), probe.stamp, probe.dropped, time.perf_counter()
+    probe.wait(lambda: False, seconds)
+    elapsed = time.perf_counter() - start
+    return {"node_fps_pruned": (len(probe.levels) - count) / elapsed,
+            "camera_fps_sent": (probe.stamp - stamp) / elapsed,
+            "node_dropped_fps": (probe.dropped - dropped) / elapsed}
+
+
+def _revert_once(probe: _Probe) -> float:
+    """Anomaly published mid-stream -> first detections of a full-level frame received, in ms."""
+    newest = max(probe.levels)
+    if not probe.wait(lambda: max(probe.levels) > newest, 30):  # mid-stream: a pruned frame is in flight
+        raise RuntimeError("the node stopped answering")
+    sent = time.perf_counter()
+    probe.anomaly.publish(Bool(data=True))
+
+    def first_full() -> int | None:
+        fresh = [s for s, level in probe.levels.items() if level == FULL and probe.arrivals.get(s, 0) > sent]
+        return min(fresh, default=None)
+
+    if not probe.wait(lambda: first_full() is not None, 30):
+        raise RuntimeError("no full-level detections after an anomaly")
+    latency = (probe.arrivals[first_full()] - sent) * 1e3
+    probe.anomaly.publish(Bool(data=False))
+    if not probe.wait(lambda: probe.modes[-1] == PRUNED, 30):
+        raise RuntimeError("the node did not return to pruned")
+    return latency
+
+
 def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, camera_hz: float | None = None,
                    throughput_s: float = 10.0) -> dict[str, Any]:
     """Reversion latency (median, worst of `trials`) and node throughput against the bare model.
@@ -129,34 +163,10 @@ def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, came
         probe.stream(camera_hz)
         if not probe.wait(lambda: len(probe.levels) >= 5, 60):
             raise RuntimeError("the node answered no frames")
-        # Throughput: the camera outpaces the model, so the node is never idle; count frames it finishes.
-        start_count, start = len(probe.levels), time.perf_counter()
-        probe.wait(lambda: False, throughput_s)
-        node_fps = (len(probe.levels) - start_count) / (time.perf_counter() - start)
-        result["node_fps_pruned"] = node_fps
+        result.update(_throughput(probe, throughput_s))
         result["bare_fps_pruned"] = 1e3 / bare["pruned_ms"]
-        result["throughput_ratio"] = node_fps * bare["pruned_ms"] / 1e3
-        latencies = []
-        for _ in range(trials):
-            newest = max(probe.levels)
-            if not probe.wait(lambda n=newest: max(probe.levels) > n, 30):  # mid-stream, a pruned frame in flight
-                raise RuntimeError("the node stopped answering")
-            sent = time.perf_counter()
-            probe.anomaly.publish(Bool(data=True))
-            first_full = None
-
-            def full_arrived(since: float = sent) -> bool:
-                nonlocal first_full
-                fresh = [s for s, level in probe.levels.items() if level == FULL and probe.arrivals.get(s, 0) > since]
-                first_full = min(fresh) if fresh else None
-                return first_full is not None
-
-            if not probe.wait(full_arrived, 30):
-                raise RuntimeError("no full-level detections after an anomaly")
-            latencies.append((probe.arrivals[first_full] - sent) * 1e3)
-            probe.anomaly.publish(Bool(data=False))
-            if not probe.wait(lambda: probe.modes[-1] == PRUNED, 30):
-                raise RuntimeError("the node did not return to pruned")
+        result["throughput_ratio"] = result["node_fps_pruned"] / result["bare_fps_pruned"]
+        latencies = [_revert_once(probe) for _ in range(trials)]
         result["revert_median_ms"] = statistics.median(latencies)
         result["revert_worst_ms"] = max(latencies)
         result["revert_over_full_inference"] = result["revert_median_ms"] / bare["full_ms"]
