@@ -81,12 +81,10 @@ class Rig:
 
     def send(self, frame: np.ndarray = FRAME, stamp: int | None = None) -> dict[str, str]:
         """Publish one frame and return its ~/frame_info values."""
-        before = len(self.frames)
-        stamp = before + 1 if stamp is None else stamp
+        stamp = len(self.frames) + 1 if stamp is None else stamp
         self.images.publish(bgr_to_image(frame, Header(stamp=Time(sec=stamp), frame_id="cam")))
-        assert self.wait(lambda: len(self.frames) > before), "no frame_info"
-        assert self.frames[-1]["stamp"] == stamp
-        return self.frames[-1]
+        assert self.wait(lambda: any(f["stamp"] == stamp for f in self.frames)), f"no frame_info for {stamp}"
+        return next(f for f in self.frames if f["stamp"] == stamp)
 
     def set_anomaly(self, value: bool) -> None:
         self.anomaly.publish(Bool(data=value))
