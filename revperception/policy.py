@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from revperception.pruning import FULL, PRUNED
 
 
+def _duration(name: str, value: float) -> float:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Decision:
     """The level wanted now and why: 'anomaly', 'forced', 'timeout', 'hold' (hysteresis) or 'calm'."""
@@ -45,9 +51,7 @@ class LevelPolicy:
 
     @clear_hold_s.setter
     def clear_hold_s(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"anomaly_clear_hold_s must be >= 0, got {value}")
-        self._clear_hold_s = float(value)
+        self._clear_hold_s = _duration("anomaly_clear_hold_s", value)
 
     @property
     def timeout_s(self) -> float:
@@ -55,9 +59,7 @@ class LevelPolicy:
 
     @timeout_s.setter
     def timeout_s(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"anomaly_timeout_s must be >= 0 (0 = off), got {value}")
-        self._timeout_s = float(value)
+        self._timeout_s = _duration("anomaly_timeout_s", value)
 
     def message_age(self) -> float | None:
         """Seconds since the last anomaly message, or None before the first."""

@@ -68,6 +68,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# How each kind of damage to a checkpoint is reported.
+DAMAGE_REASONS = {"missing": "does not exist", "truncated": "truncated", "tampered": "sha256 mismatch"}
+
+
+def damaged_copy(checkpoint: Path, folder: Path, damage: str) -> Path:
+    """A broken copy of `checkpoint` in `folder`: missing, cut in half, or with one weight byte flipped."""
+    bad = folder / "bad.rvp.safetensors"
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "tampered":
+        data[-100] ^= 0xFF
+        bad.write_bytes(data)
+    return bad
+
+
 def shared_path(relative: str) -> Path:
     """A file under ../shared, or a skip with the reason when it is absent (as on users' machines)."""
     path = SHARED / relative

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import revperception
+from conftest import DAMAGE_REASONS, damaged_copy, revperception
 from revperception.checkpoint import load_reversible, read_metadata
 
 
@@ -41,19 +41,12 @@ def test_bench_reports_every_figure(checkpoint: Path, tmp_path: Path) -> None:
     assert result["encoding_bytes"] < 8000
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "tampered"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE_REASONS))
 def test_bad_checkpoints_exit_non_zero_with_a_reason(checkpoint: Path, tmp_path: Path, damage: str) -> None:
-    bad = tmp_path / "bad.rvp.safetensors"
-    data = bytearray(checkpoint.read_bytes())
-    if damage == "truncated":
-        bad.write_bytes(data[: len(data) // 2])
-    elif damage == "tampered":
-        data[-100] ^= 0xFF
-        bad.write_bytes(data)
+    bad = damaged_copy(checkpoint, tmp_path, damage)
     proc = revperception("bench", "--model", str(bad), "--runs", "1", "--loads", "1")
     assert proc.returncode == 1
-    reason = {"missing": "does not exist", "truncated": "truncated", "tampered": "sha256 mismatch"}[damage]
-    assert reason in proc.stderr and "Traceback" not in proc.stderr
+    assert DAMAGE_REASONS[damage] in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_prune_with_fine_tuning_is_refused_until_it_exists(tmp_path: Path) -> None:

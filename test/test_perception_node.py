@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
-from conftest import BIN, ROOT, stop_process
+from conftest import BIN, DAMAGE_REASONS, ROOT, damaged_copy, stop_process
 from revperception.checkpoint import load_reversible
 from revperception.models import Detector
 from revperception.pruning import FULL, PRUNED
@@ -259,19 +259,21 @@ def test_deactivate_releases_the_camera_and_activate_resumes(rig_factory) -> Non
     assert rig.send()["level"] == PRUNED
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "tampered", "unset"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE_REASONS))
 def test_a_bad_checkpoint_refuses_to_start(ros_context: None, tiny_checkpoint: Path, tmp_path: Path,
                                            damage: str) -> None:
-    bad = tmp_path / "bad.rvp.safetensors"
-    data = bytearray(tiny_checkpoint.read_bytes())
-    if damage == "truncated":
-        bad.write_bytes(data[: len(data) // 2])
-    elif damage == "tampered":
-        data[-100] ^= 0xFF
-        bad.write_bytes(data)
-    value = "" if damage == "unset" else str(bad)
-    with pytest.raises(StartError, match="cannot load checkpoint"):
-        PerceptionNode(parameter_overrides=[Parameter("checkpoint", value=value)])
+    bad = damaged_copy(tiny_checkpoint, tmp_path, damage)
+    with pytest.raises(StartError, match=f"cannot load checkpoint .*{DAMAGE_REASONS[damage]}"):
+        PerceptionNode(parameter_overrides=[Parameter("checkpoint", value=str(bad))])
+
+
+@pytest.mark.parametrize(("params", "reason"), [({"checkpoint": ""}, "'checkpoint' is not set"),
+                                                ({"start_level": "fastest"}, "unknown level 'fastest'")])
+def test_missing_checkpoint_or_unknown_level_refuses_to_start(ros_context: None, tiny_checkpoint: Path,
+                                                              params: dict, reason: str) -> None:
+    params = {"checkpoint": str(tiny_checkpoint), **params}
+    with pytest.raises(StartError, match=reason):
+        PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
 
 # -- the console script, exactly as a vehicle starts it ---------------------------------------------

@@ -193,7 +193,7 @@ class PerceptionNode(LifecycleNode):
             self.detector = ReversibleDetector.from_checkpoint(
                 checkpoint, device=self.param("device"), imgsz=self.param("imgsz"), conf=self.param("conf"),
                 iou=self.param("iou"), max_det=self.param("max_det"), classes=self.param("classes") or None,
-                start_level=self._start_level(checkpoint))
+                start_level=self.param("start_level"))
             self.weights_sha256 = read_metadata(checkpoint)["weights_sha256"]
         except Exception as err:  # any reason at all: log it, report failure, load nothing else
             self._failure = f"cannot load checkpoint {checkpoint!r}: {err}"
@@ -264,13 +264,6 @@ class PerceptionNode(LifecycleNode):
         teardown, self._teardown = self._teardown, []
         for undo in teardown:
             undo()
-
-    def _start_level(self, checkpoint: str) -> str:
-        level = self.param("start_level")
-        levels = read_metadata(checkpoint)["levels"]["names"]
-        if level not in levels:
-            raise ValueError(f"start_level {level!r} is not a level of this checkpoint ({', '.join(levels)})")
-        return level
 
     def _policy_clock(self) -> Any:
         """Steady time, or the ROS clock under use_sim_time so holds follow a replayed bag's time."""
