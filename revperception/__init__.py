@@ -8,5 +8,9 @@ import os
 
 # Ultralytics probes the network for settings and fonts; vehicles have no network.
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Ultralytics sets OMP_NUM_THREADS=1 in os.environ on import when it is unset, and every process started
+# from ours (the node from `make demo`, tests and benches) inherited it: the node ran torch on one thread,
+# at half speed. Pin torch's own default (one thread per usable CPU) first, so that import changes nothing.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 __version__ = "0.1.0"
