@@ -9,7 +9,7 @@ SETUP_INPUTS := requirements.txt requirements-ros.txt constraints.txt setup.py s
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-model test lint clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): $(SETUP_INPUTS)
 
 demo: setup
 	$(VENV)/bin/revperception demo
+
+# The demo checkpoint from nothing: synthetic scenes, YOLOv5n trained by Ultralytics, then `revperception prune`.
+demo-model: setup
+	$(VENV)/bin/python -m revperception.tools.demo_model --out models/demo-yolov5n.rvp.safetensors
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,7 @@ setup(
         "console_scripts": [
             "revperception = revperception.cli:main",
             "perception_node = revperception.ros.perception_node:main",
+            "anomaly_monitor = revperception.ros.anomaly_monitor:main",
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""Launch the revperception perception node.
+"""Launch the revperception perception node and, unless monitor:=false, the reference anomaly monitor.
 
 ros2 launch revperception perception.launch.py checkpoint:=/path/model.rvp.safetensors image:=/camera/image_raw
 """
@@ -7,11 +7,13 @@ from pathlib import Path
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "perception.yaml"
+MONITOR_CONFIG = CONFIG.with_name("anomaly_monitor.yaml")
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -23,6 +25,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=str(CONFIG), description="node parameters"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
+        DeclareLaunchArgument("monitor", default_value="true",
+                              description="run the reference anomaly monitor (false when bringing your own)"),
+        DeclareLaunchArgument("monitor_params_file", default_value=str(MONITOR_CONFIG),
+                              description="anomaly monitor parameters"),
         LifecycleNode(
             package="revperception",
             executable="perception_node",
@@ -31,6 +37,18 @@ def generate_launch_description() -> LaunchDescription:
             output="screen",
             parameters=[arg("params_file"), {
                 "checkpoint": arg("checkpoint"),
+                "use_sim_time": ParameterValue(arg("use_sim_time"), value_type=bool),
+            }],
+            remappings=[("image", arg("image")), ("anomaly", arg("anomaly"))],
+        ),
+        Node(
+            package="revperception",
+            executable="anomaly_monitor",
+            name="anomaly_monitor",
+            namespace=arg("namespace"),
+            output="screen",
+            condition=IfCondition(arg("monitor")),
+            parameters=[arg("monitor_params_file"), {
                 "use_sim_time": ParameterValue(arg("use_sim_time"), value_type=bool),
             }],
             remappings=[("image", arg("image")), ("anomaly", arg("anomaly"))],

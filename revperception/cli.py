@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from revperception.tools.demo import print_summary, run_demo
+    from revperception.tools.demo import report, run_demo
 
-    result = run_demo(checkpoint=args.checkpoint, frames=args.frames)
-    print_summary(result)
+    result = run_demo(args.checkpoint, seconds=args.seconds, hz=args.hz, out=args.out)
+    report(result, args.out)
     return 0 if result.ok else 1
 
 
@@ -123,6 +123,35 @@ def _bench_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from revperception.ros.replay import ReplayOptions, format_summary, replay, warn_absent
+
+    result = replay(ReplayOptions(
+        bag=args.bag, rate=args.rate, start_s=args.start, loop=args.loop, topics=args.topics, remap=args.remap,
+        record=args.record, record_topics=args.record_topics, record_storage=args.record_storage,
+        record_linger_s=args.record_linger, record_timeout_s=args.record_timeout, wait_for=args.wait_for,
+        wait_timeout_s=args.wait_timeout, clock=args.clock))
+    warn_absent(result)
+    print(format_summary(result))
+    return 0
+
+
+def _inject(args: argparse.Namespace) -> int:
+    from revperception.injection import build_schedule, into_bag
+
+    schedule = build_schedule(args.at, args.schedule, args.topic)
+    if args.into_bag:
+        out = into_bag(args.into_bag, schedule, args.out)
+        print(f"wrote {out}: {len(schedule.events)} events on {schedule.topic}")
+        return 0
+    from revperception.ros.inject import inject
+
+    result = inject(schedule, relative_to=args.relative_to, wait_for=args.wait_for, wait_timeout_s=args.wait_timeout)
+    print(f"inject: published {len(result.published)} of {len(schedule.events)} events"
+          f"{' (interrupted)' if result.interrupted else ''}")
+    return 0
+
+
 def _env(_: argparse.Namespace) -> int:
     """Print what this environment runs on: the first thing to check on a new vehicle."""
     import rclpy
@@ -173,14 +202,52 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     prune.set_defaults(func=_prune)
 
 
+def _add_bag_tools(sub: argparse._SubParsersAction) -> None:
+    """`replay` and `inject`: the rosbag2 and `ros2 topic pub` stand-ins, with many options each."""
+    replay = sub.add_parser("replay", help="play a rosbag2 onto live topics (like `ros2 bag play`), record outputs")
+    replay.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
+    replay.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    replay.add_argument("--start", type=float, default=0.0, help="skip the first S seconds of the bag")
+    replay.add_argument("--loop", action="store_true", help="play again from --start until interrupted")
+    replay.add_argument("--topics", nargs="+", help="replay only these topics (default: all)")
+    replay.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish FROM on TO")
+    replay.add_argument("--wait-for", type=int, default=0, metavar="N",
+                        help="wait until every replayed topic has N subscribers before the first message")
+    replay.add_argument("--wait-timeout", type=float, default=30.0, help="seconds --wait-for waits before failing")
+    replay.add_argument("--clock", action="store_true", help="publish /clock with the bag time (for use_sim_time)")
+    replay.add_argument("--record", type=Path, metavar="OUT", help="also record --record-topics into a new bag")
+    replay.add_argument("--record-topics", nargs="+", default=[], metavar="T", help="topics to record")
+    replay.add_argument("--record-storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    replay.add_argument("--record-linger", type=float, default=2.0,
+                        help="seconds to keep recording after the last message (trailing outputs)")
+    replay.add_argument("--record-timeout", type=float, default=5.0,
+                        help="seconds to wait for record topics to appear before the first message")
+    replay.set_defaults(func=_replay)
+
+    inject = sub.add_parser("inject", help="publish a timed anomaly schedule (std_msgs/Bool), or write it into a bag")
+    inject.add_argument("--topic", help="default: the schedule file's topic, else `anomaly`")
+    inject.add_argument("--at", action="append", default=[], metavar="TIME:VALUE", help="e.g. 5.0:true (repeatable)")
+    inject.add_argument("--schedule", type=Path, help="YAML: {topic: anomaly, events: [{at: 5.0, value: true}]}")
+    inject.add_argument("--relative-to", choices=("start", "bag"), default="start",
+                        help="times from this command's start, or from the first /clock (replay --clock)")
+    inject.add_argument("--wait-for", type=int, default=0, metavar="N", help="wait for N subscribers first")
+    inject.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers or /clock")
+    inject.add_argument("--into-bag", type=Path, metavar="BAG", help="write the events into a copy of BAG instead")
+    inject.add_argument("--out", type=Path, help="--into-bag: the new bag (default: BAG-injected)")
+    inject.set_defaults(func=_inject)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revperception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the end-to-end demo over DDS")
+    demo = sub.add_parser("demo", help="replay a synthetic foggy drive through the anomaly monitor and the node")
     demo.add_argument("--checkpoint", type=Path,
-                      help="reversible checkpoint (default: demo-out/yolov5n.rvp.safetensors, made if missing)")
-    demo.add_argument("--frames", type=int, default=30, help="frames to send; the anomaly fires for the middle third")
+                      help="reversible checkpoint (default: models/demo-yolov5n.rvp.safetensors; `make demo-model`)")
+    demo.add_argument("--seconds", type=float, default=30.0, help="length of the drive; fog covers its middle fifth")
+    demo.add_argument("--hz", type=float, default=10.0, help="camera rate of the drive")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"),
+                      help="folder for the drive bag, the recorded outputs, timeline.png and strip.png")
     demo.set_defaults(func=_demo)
 
     _add_prune(sub)
@@ -221,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_bench.add_argument("--throughput-s", type=float, default=10.0, help="seconds of throughput measurement")
     node_bench.add_argument("--json", help="also write the results here")
     node_bench.set_defaults(func=_bench_node)
+
+    _add_bag_tools(sub)
 
     env = sub.add_parser("env", help="print the versions and middleware this environment uses")
     env.set_defaults(func=_env)

@@ -233,6 +233,16 @@ class ReversibleDetector:
         self.set_level(PRUNED if self.level == FULL else FULL)
         return self.level
 
+    def warm_up(self, shape: tuple[int, int] = (480, 640)) -> None:
+        """One pass per level on a blank frame: oneDNN builds its kernels on the first pass of each shape,
+        which would otherwise make the first real frame (or the first one after a switch) seconds late."""
+        requested = self.level
+        blank = np.zeros((*shape, 3), np.uint8)
+        for name in self.levels:
+            self.set_level(name)
+            self.predict(blank)
+        self.set_level(requested)
+
     @torch.inference_mode()
     def predict(self, image: np.ndarray, *, bgr: bool = True) -> Detections:
         x = self.detector.preprocess(image, bgr=bgr)

@@ -55,10 +55,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = load_model("yolov5n.yaml").model
     randomise_batchnorms(model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for branch in model.model[-1].cv3:
-            branch[-1].bias.copy_(torch.randn(branch[-1].bias.shape, generator=generator) * 3 - 4)
+    spread_class_biases(model)
     torch.save({"model": model}, folder / "n.pt")
     out = folder / "n.rvp.safetensors"
     proc = revperception("prune", "--weights", str(folder / "n.pt"), "--sparsity", "0.36", "--levels", "2",
@@ -113,6 +110,15 @@ def randomise_batchnorms(model: torch.nn.Module, seed: int = 0) -> None:
             for tensor, low, high in ((bn.weight, 0.5, 1.5), (bn.bias, -0.2, 0.2), (bn.running_mean, -0.2, 0.2),
                                       (bn.running_var, 0.5, 1.5)):
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+
+def spread_class_biases(model: torch.nn.Module, seed: int = 0) -> None:
+    """A fresh model scores every box alike (about 0); spread biases give real, distinct scores, so NMS has no
+    near-ties that a different CPU's rounding could break."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for branch in model.model[-1].cv3:
+            branch[-1].bias.copy_(torch.randn(branch[-1].bias.shape, generator=generator) * 3 - 4)
 
 
 def synthetic_dataset(root: Path, images: int = 8, size: int = 96, val: int = 4) -> Path:

@@ -1,17 +1,22 @@
-"""The launch file and the parameters file, checked statically: `launch` has no wheel to run them with."""
+"""The launch file and the parameters files, checked statically: `launch` has no wheel to run them with."""
 
 from __future__ import annotations
 
 import ast
+from typing import Any
 
+import pytest
 import yaml
 from rclpy.parameter import Parameter
 
 from conftest import ROOT
-from revperception.ros.perception_node import PARAMETERS
+from revperception.ros import anomaly_monitor, perception_node
 
 LAUNCH = ROOT / "launch" / "perception.launch.py"
-TOPICS = {"image", "anomaly"}  # the node's relative topic names that a launch argument may remap
+TOPICS = {"image", "anomaly"}  # the nodes' relative topic names that a launch argument may remap
+# launch action -> (executable, its parameter table, the launch argument naming its parameters file)
+NODES = {"LifecycleNode": ("perception_node", perception_node.PARAMETERS, "params_file"),
+         "Node": ("anomaly_monitor", anomaly_monitor.PARAMETERS, "monitor_params_file")}
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
@@ -27,31 +32,50 @@ def _configurations(node: ast.AST) -> set[str]:
     return {c.args[0].value for c in _calls(node, "arg")}
 
 
-def test_launch_file_compiles_and_every_argument_reaches_the_node() -> None:
-    tree = ast.parse(LAUNCH.read_text(), str(LAUNCH))
-    compile(tree, str(LAUNCH), "exec")
-    declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
-    node = _calls(tree, "LifecycleNode")[0]
-    assert ast.literal_eval(_keyword(node, "executable")) == "perception_node"
+def _node_arguments(tree: ast.AST, action: str) -> tuple[set[str], dict[str, set[str]]]:
+    """Check one node action's wiring; returns the launch arguments it reads and its remappings."""
+    executable, table, params_file = NODES[action]
+    (node,) = _calls(tree, action)
+    assert ast.literal_eval(_keyword(node, "executable")) == executable
     parameters = _keyword(node, "parameters")
+    assert _configurations(parameters.elts[0]) == {params_file}
     params_dict = next(e for e in parameters.elts if isinstance(e, ast.Dict))
     params = {ast.literal_eval(k): _configurations(v) for k, v in zip(params_dict.keys, params_dict.values,
                                                                      strict=True)}
-    assert set(params) <= set(PARAMETERS) | {"use_sim_time"}
+    assert set(params) <= set(table) | {"use_sim_time"}
     remaps = {ast.literal_eval(t.elts[0]): _configurations(t.elts[1]) for t in _keyword(node, "remappings").elts}
     assert set(remaps) <= TOPICS
-    used = (set().union(*params.values(), *remaps.values()) | _configurations(_keyword(node, "namespace"))
-            | _configurations(parameters.elts[0]))
-    assert declared == used == {"checkpoint", "image", "anomaly", "params_file", "namespace", "use_sim_time"}
+    used = set().union(*params.values(), *remaps.values(), _configurations(_keyword(node, "namespace")),
+                       {params_file})
+    return used, remaps
 
 
-def test_params_file_lists_every_parameter_with_its_default() -> None:
-    document = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())
-    values = document["/**"]["ros__parameters"]
-    assert set(values) == set(PARAMETERS)
-    for name, (default, _) in PARAMETERS.items():
+def test_launch_file_compiles_and_every_argument_reaches_a_node() -> None:
+    tree = ast.parse(LAUNCH.read_text(), str(LAUNCH))
+    compile(tree, str(LAUNCH), "exec")
+    declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
+    perception_args, perception_remaps = _node_arguments(tree, "LifecycleNode")
+    monitor_args, monitor_remaps = _node_arguments(tree, "Node")
+    assert perception_args == {"checkpoint", "image", "anomaly", "params_file", "namespace", "use_sim_time"}
+    # the monitor watches the same camera and speaks on the topic the perception node listens to
+    assert monitor_remaps == perception_remaps
+    assert monitor_args == {"image", "anomaly", "monitor_params_file", "namespace", "use_sim_time"}
+    (condition,) = _calls(tree, "IfCondition")
+    assert _configurations(condition) == {"monitor"}
+    assert _keyword(_calls(tree, "Node")[0], "condition") is condition
+    assert declared == perception_args | monitor_args | {"monitor"}
+    monitor = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "monitor")
+    assert ast.literal_eval(_keyword(monitor, "default_value")) == "true"
+
+
+@pytest.mark.parametrize(("config", "table"), [("perception.yaml", perception_node.PARAMETERS),
+                                               ("anomaly_monitor.yaml", anomaly_monitor.PARAMETERS)])
+def test_params_file_lists_every_parameter_with_its_default(config: str, table: dict[str, tuple[Any, Any]]) -> None:
+    text = (ROOT / "config" / config).read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    assert set(values) == set(table)
+    for name, (default, _) in table.items():
         expected = [] if default is Parameter.Type.INTEGER_ARRAY else default
-        assert values[name] == expected, name
-    text = (ROOT / "config" / "perception.yaml").read_text()
-    assert all(f"{name}:" in line and "#" in line for name in PARAMETERS for line in text.splitlines()
+        assert values[name] == expected and type(values[name]) is type(expected), name
+    assert all(f"{name}:" in line and "#" in line for name in table for line in text.splitlines()
                if line.strip().startswith(f"{name}:"))

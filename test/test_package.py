@@ -26,8 +26,8 @@ def test_ament_index_marker_exists() -> None:
 
 
 def test_core_imports_no_rclpy() -> None:
-    core = "revperception.models, revperception.models.annotate, revperception.pruning, revperception.checkpoint, " \
-        "revperception.runtime, revperception.policy, revperception.bench, revperception.offline.pipeline, " \
-        "revperception.cli"
+    core = ", ".join(f"revperception.{m}" for m in (
+        "models", "models.annotate", "pruning", "checkpoint", "runtime", "policy", "anomaly", "bags", "injection",
+        "bench", "offline.pipeline", "cli"))
     code = f"import sys, {core}; assert 'rclpy' not in sys.modules, 'rclpy leaked'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

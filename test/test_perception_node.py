@@ -29,7 +29,7 @@ from revperception.models import Detector
 from revperception.pruning import FULL, PRUNED
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
-from revperception.ros.perception_node import ANOMALY_QOS, MODE_QOS, PerceptionNode, StartError
+from revperception.ros.perception_node import PerceptionNode, StartError
 from revperception.ros.spin import spin_until
 from revperception.tools.synthetic import road_frame
 
@@ -62,9 +62,9 @@ class Rig:
         compressed = params.get("compressed", False)
         self.images = node.create_publisher(CompressedImage if compressed else Image,
                                             "image/compressed" if compressed else "image", qos.IMAGE_RELIABLE)
-        self.anomaly = node.create_publisher(Bool, "anomaly", ANOMALY_QOS)
+        self.anomaly = node.create_publisher(Bool, "anomaly", qos.ANOMALY)
         node.create_subscription(Detection2DArray, "detections", self.detections.append, qos.DETECTIONS)
-        node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), MODE_QOS)
+        node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), qos.MODE)
         node.create_subscription(DiagnosticArray, "revperception/frame_info",
                                  lambda m: self.frames.append({**values(m), "stamp": m.header.stamp.sec}),
                                  qos.DETECTIONS)
@@ -292,9 +292,9 @@ def test_console_script_with_params_file_and_remap(ros_context: None, tiny_check
         replies: list[Detection2DArray] = []
         modes: list[str] = []
         images = probe.create_publisher(Image, "/camera/image_raw", qos.IMAGE_RELIABLE)
-        anomaly = probe.create_publisher(Bool, "/vehicle/anomaly", ANOMALY_QOS)
+        anomaly = probe.create_publisher(Bool, "/vehicle/anomaly", qos.ANOMALY)
         probe.create_subscription(Detection2DArray, "/vehicle/detections", replies.append, qos.DETECTIONS)
-        probe.create_subscription(String, "/vehicle/revperception/mode", lambda m: modes.append(m.data), MODE_QOS)
+        probe.create_subscription(String, "/vehicle/revperception/mode", lambda m: modes.append(m.data), qos.MODE)
         assert spin_until(probe, lambda: images.get_subscription_count() > 0 and modes, 120.0), "node not up"
         assert modes == [PRUNED]
         anomaly.publish(Bool(data=True))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomise_batchnorms
+from conftest import randomise_batchnorms, spread_class_biases
 from revperception.models import Detector, load_model
 from revperception.pruning import FULL, PRUNED
 from revperception.pruning.prune import PrunedModel, prune_to_levels
@@ -23,6 +23,7 @@ def pruned() -> PrunedModel:
     torch.manual_seed(0)
     loaded = load_model("yolov5n.yaml")
     randomise_batchnorms(loaded.model)
+    spread_class_biases(loaded.model)
     return prune_to_levels(loaded, [0.4, 0.2], imgsz=128)
 
 
@@ -128,14 +129,19 @@ def test_detector_levels_reverse_and_errors(pruned) -> None:
     with pytest.raises(KeyError, match="unknown level 'tiny'"):
         detector.set_level("tiny")
     image = np.random.default_rng(0).integers(0, 256, (100, 120, 3), dtype=np.uint8)
-    assert detector.predict(image).level == FULL
+    before = detector.predict(image)
+    assert before.level == FULL
+    detector.warm_up((100, 120))  # runs every level, then puts the requested one back, weights untouched
+    after = detector.predict(image)
+    assert detector.level == after.level == FULL
+    np.testing.assert_array_equal(after.boxes, before.boxes)
 
 
 def test_full_level_detections_equal_the_dense_detector(pruned) -> None:
     image = np.random.default_rng(1).integers(0, 256, (100, 120, 3), dtype=np.uint8)
-    dense = Detector(copy.deepcopy(pruned.model), pruned.names, stride=pruned.stride, imgsz=128, conf=0.0)
+    dense = Detector(copy.deepcopy(pruned.model), pruned.names, stride=pruned.stride, imgsz=128, conf=0.05)
     rev = ReversibleDetector(reversible(pruned, fuse=False, start_level=FULL), pruned.names, stride=pruned.stride,
-                             imgsz=128, conf=0.0)
+                             imgsz=128, conf=0.05)
     a, b = dense.predict(image), rev.predict(image)
     assert len(a) > 0
     np.testing.assert_allclose(b.boxes, a.boxes, rtol=1e-5, atol=1e-3)

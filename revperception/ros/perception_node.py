@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header, String
@@ -55,6 +54,7 @@ from revperception.ros.conversions import (
     image_to_bgr,
     to_detection2d_array,
 )
+from revperception.ros.parameters import describe
 from revperception.ros.spin import spin_until_signalled
 from revperception.runtime import ReversibleDetector
 
@@ -62,47 +62,29 @@ NAME = "revperception"
 POLICY_PERIOD_S = 0.02  # how often hold expiry and the silence timeout are checked between messages
 
 
-def _describe(description: str, *, read_only: bool = False, low: float | None = None, high: float | None = None,
-              integer: bool = False) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description, read_only=read_only)
-    if low is not None:
-        if integer:
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
-        else:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
-    return descriptor
-
-
 # name -> (default, descriptor). `config/perception.yaml` mirrors this table (a test keeps them in step).
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    "checkpoint": ("", _describe("reversible checkpoint (*.rvp.safetensors) from `revperception prune`",
+    "checkpoint": ("", describe("reversible checkpoint (*.rvp.safetensors) from `revperception prune`",
                                  read_only=True)),
-    "device": ("cpu", _describe("torch device: cpu, cuda, cuda:1", read_only=True)),
-    "imgsz": (640, _describe("inference size (longest side, pixels)", read_only=True, low=32, high=4096,
+    "device": ("cpu", describe("torch device: cpu, cuda, cuda:1", read_only=True)),
+    "imgsz": (640, describe("inference size (longest side, pixels)", read_only=True, low=32, high=4096,
                              integer=True)),
-    "conf": (0.25, _describe("confidence threshold", low=0.0, high=1.0)),
-    "iou": (0.45, _describe("NMS IoU threshold", low=0.0, high=1.0)),
-    "max_det": (300, _describe("most detections per frame", low=1, high=10000, integer=True)),
-    "classes": (Parameter.Type.INTEGER_ARRAY, _describe("class ids to keep (unset or empty = all)")),
-    "start_level": ("pruned", _describe("level when calm: a checkpoint level name", read_only=True)),
-    "anomaly_clear_hold_s": (2.0, _describe("seconds the anomaly must stay false before the calm level returns",
+    "conf": (0.25, describe("confidence threshold", low=0.0, high=1.0)),
+    "iou": (0.45, describe("NMS IoU threshold", low=0.0, high=1.0)),
+    "max_det": (300, describe("most detections per frame", low=1, high=10000, integer=True)),
+    "classes": (Parameter.Type.INTEGER_ARRAY, describe("class ids to keep (unset or empty = all)")),
+    "start_level": ("pruned", describe("level when calm: a checkpoint level name", read_only=True)),
+    "anomaly_clear_hold_s": (2.0, describe("seconds the anomaly must stay false before the calm level returns",
                                             low=0.0, high=3600.0)),
-    "anomaly_timeout_s": (0.0, _describe("no anomaly message for this long means full (0 = off)",
+    "anomaly_timeout_s": (0.0, describe("no anomaly message for this long means full (0 = off)",
                                          low=0.0, high=3600.0)),
-    "image_qos": ("sensor_data", _describe("image subscription QoS: sensor_data or reliable", read_only=True)),
-    "compressed": (False, _describe("subscribe to <image>/compressed (JPEG/PNG) instead of raw image",
+    "image_qos": ("sensor_data", describe("image subscription QoS: sensor_data or reliable", read_only=True)),
+    "compressed": (False, describe("subscribe to <image>/compressed (JPEG/PNG) instead of raw image",
                                     read_only=True)),
-    "publish_debug_image": (False, _describe("publish annotated frames on ~/debug_image")),
-    "autostart": (True, _describe("configure and activate at start (no lifecycle manager needed)",
+    "publish_debug_image": (False, describe("publish annotated frames on ~/debug_image")),
+    "autostart": (True, describe("configure and activate at start (no lifecycle manager needed)",
                                   read_only=True)),
 }
-
-# ~/mode: late joiners (a recorder, a dashboard) get the current level at once.
-MODE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Anomaly flags: reliable and keep-all, so no message is dropped even when a burst outpaces the callback
-# (a short true pulse must still start the hold); a reliable publisher is slowed rather than losing one.
-ANOMALY_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
-
 
 class StartError(RuntimeError):
     """The node could not configure or activate; the message says why."""
@@ -196,11 +178,7 @@ class PerceptionNode(LifecycleNode):
         try:
             if not checkpoint:
                 raise ValueError("parameter 'checkpoint' is not set (a *.rvp.safetensors from `revperception prune`)")
-            self.detector = self._torch.submit(
-                ReversibleDetector.from_checkpoint, checkpoint, device=self.param("device"),
-                imgsz=self.param("imgsz"), conf=self.param("conf"), iou=self.param("iou"),
-                max_det=self.param("max_det"), classes=self.param("classes") or None,
-                start_level=self.param("start_level")).result()
+            self.detector = self._torch.submit(self._load, checkpoint).result()
             self.weights_sha256 = read_metadata(checkpoint)["weights_sha256"]
         except Exception as err:  # any reason at all: log it, report failure, load nothing else
             self._failure = f"cannot load checkpoint {checkpoint!r}: {err}"
@@ -211,7 +189,7 @@ class PerceptionNode(LifecycleNode):
                                   clear_hold_s=self.param("anomaly_clear_hold_s"),
                                   timeout_s=self.param("anomaly_timeout_s"), clock=self._policy_clock())
         self._detections = self.create_publisher(Detection2DArray, "detections", qos.DETECTIONS)
-        self._mode = self.create_publisher(String, "~/mode", MODE_QOS)
+        self._mode = self.create_publisher(String, "~/mode", qos.MODE)
         self._frame_info = self.create_publisher(DiagnosticArray, "~/frame_info", qos.DETECTIONS)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DETECTIONS)
         self._debug = self.create_publisher(Image, "~/debug_image", qos.IMAGE_SENSOR_DATA)
@@ -219,6 +197,15 @@ class PerceptionNode(LifecycleNode):
             f"configured: {Path(checkpoint).name} (sha256 {self.weights_sha256[:12]}), levels "
             f"{', '.join(self.detector.levels)}, on {self.param('device')}, imgsz {self.detector.detector.imgsz}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _load(self, checkpoint: str) -> ReversibleDetector:
+        """The detector, warmed up at every level so that neither the first frame nor the first switch is late."""
+        detector = ReversibleDetector.from_checkpoint(
+            checkpoint, device=self.param("device"), imgsz=self.param("imgsz"), conf=self.param("conf"),
+            iou=self.param("iou"), max_det=self.param("max_det"), classes=self.param("classes") or None,
+            start_level=self.param("start_level"))
+        detector.warm_up()
+        return detector
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -232,7 +219,7 @@ class PerceptionNode(LifecycleNode):
             images = self.create_subscription(CompressedImage, topic, self._on_frame, image_qos)
         else:
             images = self.create_subscription(Image, "image", self._on_frame, image_qos)
-        anomaly = self.create_subscription(Bool, "anomaly", self._on_anomaly, ANOMALY_QOS)
+        anomaly = self.create_subscription(Bool, "anomaly", self._on_anomaly, qos.ANOMALY)
         force = self.create_service(SetBool, "~/force_full", self._on_force_full)
         timers = [self.create_timer(POLICY_PERIOD_S, self._on_policy_timer),
                   self.create_timer(1.0, self._publish_diagnostics)]

@@ -1,6 +1,6 @@
 """QoS profiles chosen on purpose, in one place."""
 
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 # Camera frames: best effort, shallow. A late frame is worth less than the next one.
 IMAGE_SENSOR_DATA: QoSProfile = qos_profile_sensor_data
@@ -8,6 +8,12 @@ IMAGE_SENSOR_DATA: QoSProfile = qos_profile_sensor_data
 IMAGE_RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 # Detections: reliable so downstream planners and recorders see every result.
 DETECTIONS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+# ~/mode: late joiners (a recorder, a dashboard) get the current level at once.
+MODE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Anomaly flags: reliable and keep-all, so no message is dropped even when a burst outpaces the callback
+# (a short true pulse must still start the hold); a reliable publisher is slowed rather than losing one.
+ANOMALY = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def image_qos(name: str) -> QoSProfile:

@@ -1,145 +1,315 @@
-"""The end-to-end demo: camera frames and an anomaly flag over DDS into the perception node process.
+"""The embedded demo (`make demo`): a synthetic foggy drive replayed through the anomaly monitor and the node.
 
-Everything is real: the node runs as its own process, started as `ros2 run` would start it, frames,
-the anomaly flag and detections cross Fast DDS. The anomaly fires for the middle third of the frames,
-so the run shows pruned -> full -> (after the hold) pruned. Exits non-zero when any part fails.
+Everything is real and started the way `ros2 launch` would start it: `perception_node` and `anomaly_monitor`
+run as their own processes from their console scripts with the package's params files, and
+`revperception replay` plays the drive bag onto `/camera/image_raw` (waiting for both subscribers) while
+recording the outputs into a second bag. The summary, `timeline.png` and `strip.png` are computed from that
+recorded bag alone, as a test engineer would from a vehicle's bag. Exits non-zero when any part of the chain
+fails, or when the node did not go to full during the fog and back to pruned after it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rclpy
-from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
-from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, Header, String
-from vision_msgs.msg import Detection2DArray
+import cv2
+import numpy as np
 
-from revperception.ros import qos
-from revperception.ros.conversions import bgr_to_image
-from revperception.ros.perception_node import ANOMALY_QOS, MODE_QOS
-from revperception.ros.spin import spin_until
-from revperception.tools.synthetic import road_frame
+from revperception.bags import read_messages, write_image_bag
+from revperception.models.annotate import annotate
+from revperception.models.detector import Detections
+from revperception.pruning import FULL, PRUNED
+from revperception.tools.synthetic import CLASSES, drive
 
-DEMO_CHECKPOINT = Path("demo-out") / "yolov5n.rvp.safetensors"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+DEMO_CHECKPOINT = PACKAGE_ROOT / "models" / "demo-yolov5n.rvp.safetensors"
+BIN = Path(sys.executable).parent  # the console scripts installed beside this interpreter
+IMAGE_TOPIC = "/camera/image_raw"
+NAMESPACE = "/demo"
+RECORD_TOPICS = {  # what the summary reads, by role
+    "detections": f"{NAMESPACE}/detections", "frame_info": f"{NAMESPACE}/revperception/frame_info",
+    "mode": f"{NAMESPACE}/revperception/mode", "anomaly": f"{NAMESPACE}/anomaly",
+}
+NS = 1_000_000_000
+DRIVE_START_NS = 1_767_225_600 * NS  # the drive's first stamp (2026-01-01 UTC): a fixed, plausible bag clock
 
 
 @dataclass
-class FrameRecord:
-    index: int
-    anomaly: bool
-    level: str
-    latency_ms: float  # frame published -> detections received, over DDS
-    detections: int
+class Frame:
+    """One frame of the drive as the recorded bag tells it."""
+
+    stamp_ns: int  # the image's header stamp (= its bag time)
+    fogged: bool
+    level: str = ""  # empty: the node never processed it (dropped)
+    latency_ms: float = float("nan")
+    boxes: list[tuple[float, float, float, float, float, str]] = field(default_factory=list)  # xyxy, score, class
+
+    @property
+    def t(self) -> float:
+        """Drive time, s."""
+        return (self.stamp_ns - DRIVE_START_NS) / NS
+
+    @property
+    def classes(self) -> list[str]:
+        return [b[5] for b in self.boxes]
+
+    def detections(self) -> Detections:
+        """The recorded boxes as Detections, for drawing."""
+        ids = {name: i for i, name in enumerate(CLASSES)}
+        ids.update({b[5]: len(ids) + i for i, b in enumerate(self.boxes) if b[5] not in ids})
+        return Detections(np.array([b[:4] for b in self.boxes], np.float32).reshape(-1, 4),
+                          np.array([b[4] for b in self.boxes], np.float32),
+                          np.array([ids[b[5]] for b in self.boxes], np.int64), {i: n for n, i in ids.items()})
 
 
 @dataclass
 class DemoResult:
-    frames_sent: int = 0
-    records: list[FrameRecord] = field(default_factory=list)
-    modes: list[str] = field(default_factory=list)
-    switch_ms: float | None = None  # anomaly published -> ~/mode says full
+    frames: list[Frame]
+    anomaly: list[tuple[float, bool]]  # (drive time, flag) as the monitor published it
+    modes: list[tuple[float, str]]  # (drive time, level) as ~/mode announced it
+    dropped: int = 0  # as the node last reported
+    anomaly_to_full_ms: float | None = None  # first anomaly: true -> ~/mode full, both as recorded
     failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failures and len(self.records) == self.frames_sent > 0
+        return not self.failures
 
 
-def demo_checkpoint(path: Path = DEMO_CHECKPOINT) -> Path:
-    """A YOLOv5n checkpoint pruned without data (fresh weights: the node's mechanics, not its accuracy)."""
-    if not path.exists():
-        from revperception.checkpoint import save_reversible
-        from revperception.models import load_model
-        from revperception.pruning.prune import prune_to_levels
-
-        print(f"demo: writing {path} (YOLOv5n from its YAML, 36 % of filters pruned, no fine-tuning)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_reversible(path, prune_to_levels(load_model("yolov5n.yaml"), [0.36], imgsz=320))
-    return path
-
-
-def node_command(checkpoint: Path, namespace: str) -> list[str]:
-    """The node's command line, exactly as `ros2 run revperception perception_node` would start it."""
-    return [
-        sys.executable, "-m", "revperception.ros.perception_node", "--ros-args",
-        "-p", f"checkpoint:={checkpoint}", "-p", "image_qos:=reliable", "-p", "anomaly_clear_hold_s:=0.5",
-        "-r", f"__ns:={namespace}",
-    ]
+def node_commands(checkpoint: Path, clear_hold_s: float) -> dict[str, list[str]]:
+    """Both nodes' command lines, as `ros2 run` (or the launch file) would start them."""
+    config = PACKAGE_ROOT / "config"
+    # Reliable images: a 0.9 MB frame exceeds Fast DDS's default shared-memory segment, so it travels as UDP
+    # fragments, and best-effort readers (sensor_data) were measured to lose 93 of 100 replayed frames.
+    common = ["-p", "image_qos:=reliable", "-r", f"image:={IMAGE_TOPIC}", "-r", f"__ns:={NAMESPACE}"]
+    return {
+        "perception_node": [str(BIN / "perception_node"), "--ros-args", "--params-file",
+                            str(config / "perception.yaml"), "-p", f"checkpoint:={checkpoint}",
+                            "-p", f"anomaly_clear_hold_s:={clear_hold_s}", *common],
+        "anomaly_monitor": [str(BIN / "anomaly_monitor"), "--ros-args", "--params-file",
+                            str(config / "anomaly_monitor.yaml"), *common],
+    }
 
 
-def run_demo(checkpoint: Path | None = None, frames: int = 30, startup_timeout_s: float = 120.0) -> DemoResult:
-    result = DemoResult()
-    checkpoint = checkpoint or demo_checkpoint()
-    namespace = f"/revperception_demo_{os.getpid()}"
-    proc = subprocess.Popen(node_command(checkpoint, namespace))
-    rclpy.init()
-    node = Node("demo_camera", namespace=namespace)
-    replies: dict[int, tuple[float, Detection2DArray]] = {}
-    levels: dict[int, str] = {}
-    node.create_subscription(Detection2DArray, "detections",
-                             lambda m: replies.setdefault(m.header.stamp.sec, (time.perf_counter(), m)), qos.DETECTIONS)
-    node.create_subscription(DiagnosticArray, "revperception/frame_info", lambda m: levels.setdefault(
-        m.header.stamp.sec, next(kv.value for kv in m.status[0].values if kv.key == "level")), qos.DETECTIONS)
-    node.create_subscription(String, "revperception/mode", lambda m: result.modes.append(m.data), MODE_QOS)
-    camera = node.create_publisher(Image, "image", qos.IMAGE_RELIABLE)
-    anomaly = node.create_publisher(Bool, "anomaly", ANOMALY_QOS)
+def write_drive(path: Path, seconds: float, hz: float) -> list[Frame]:
+    """The synthetic drive as a rosbag2 of sensor_msgs/Image on IMAGE_TOPIC; returns its frames' times and fog."""
+    frames: list[Frame] = []
+
+    def images():
+        for t_ns, image, _, fogged in drive(seconds=seconds, hz=hz):
+            frames.append(Frame(DRIVE_START_NS + t_ns, fogged))
+            yield DRIVE_START_NS + t_ns, image
+
+    if path.exists():
+        shutil.rmtree(path)
+    write_image_bag(path, images(), topic=IMAGE_TOPIC)
+    return frames
+
+
+def run_demo(checkpoint: Path | None = None, *, seconds: float = 30.0, hz: float = 10.0, out: Path = Path("demo-out"),
+             clear_hold_s: float = 1.0, startup_timeout_s: float = 180.0) -> DemoResult:
+    """Write the drive, run the chain over DDS, read back the recorded outputs; see the module docstring."""
+    checkpoint = Path(checkpoint or DEMO_CHECKPOINT)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint} does not exist: `make demo-model` regenerates the demo checkpoint")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"demo: writing a {seconds:.0f} s synthetic drive at {hz:.0f} Hz with fog in the middle ...", flush=True)
+    frames = write_drive(out / "drive", seconds, hz)
+    record = out / "record"
+    if record.exists():
+        shutil.rmtree(record)
+    nodes = {name: subprocess.Popen(cmd) for name, cmd in node_commands(checkpoint, clear_hold_s).items()}
+    failures: list[str] = []
     try:
-        print(f"demo: starting the perception node ({checkpoint}) and waiting for it ...")
-        if not spin_until(node, lambda: (camera.get_subscription_count() > 0 and result.modes)
-                          or proc.poll() is not None, startup_timeout_s) or proc.poll() is not None:
-            result.failures.append(f"the perception node did not come up (exit code {proc.poll()})")
-            return result
-        flag = False
-        for index in range(frames):
-            wanted = frames // 3 <= index < 2 * frames // 3
-            if wanted != flag:
-                flag = wanted
-                sent = time.perf_counter()
-                anomaly.publish(Bool(data=flag))
-                if flag and spin_until(node, lambda: result.modes[-1] == "full", 10.0):
-                    result.switch_ms = (time.perf_counter() - sent) * 1e3
-            stamp = 1_000 + index
-            sent = time.perf_counter()
-            camera.publish(bgr_to_image(road_frame(index), Header(stamp=Time(sec=stamp), frame_id="camera")))
-            result.frames_sent += 1
-            if not spin_until(node, lambda s=stamp: s in replies and s in levels, 30.0):
-                result.failures.append(f"no detections for frame {index} within 30 s")
-                break
-            received, reply = replies[stamp]
-            result.records.append(FrameRecord(index, flag, levels[stamp], (received - sent) * 1e3,
-                                              len(reply.detections)))
-        return result
+        print(f"demo: replaying {len(frames)} frames through anomaly_monitor and perception_node ({checkpoint.name})")
+        replay = subprocess.run(
+            [str(BIN / "revperception"), "replay", str(out / "drive"), "--wait-for", "2", "--wait-timeout",
+             str(startup_timeout_s), "--record", str(record), "--record-topics", *RECORD_TOPICS.values()],
+            timeout=startup_timeout_s + seconds * 3 + 60, check=False)
+        if replay.returncode != 0:
+            failures.append(f"revperception replay exited {replay.returncode}")
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        proc.send_signal(signal.SIGINT)  # as `ros2 launch` stops its nodes
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            result.failures.append("the perception node did not exit within 60 s of SIGINT")
-            proc.kill()
+        for name, proc in nodes.items():
+            failures += _stop(name, proc)
+    if not record.exists():
+        return DemoResult(frames, [], [], failures=[*failures, "no outputs were recorded"])
+    result = summarise(record, frames)
+    result.failures[:0] = failures
+    return result
+
+
+def _stop(name: str, proc: subprocess.Popen) -> list[str]:
+    """SIGINT, as `ros2 launch` stops its nodes; a crash or a hang is a failure of the chain."""
+    if proc.poll() is not None:
+        return [f"{name} exited early with code {proc.returncode}"]
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return [f"{name} did not exit within 60 s of SIGINT"]
+    return [] if code == 0 else [f"{name} exited with code {code}"]
+
+
+def summarise(record: Path, frames: list[Frame]) -> DemoResult:
+    """Per-frame levels, latencies and detections, the anomaly flag and the mode history, from the recorded bag."""
+    by_stamp = {f.stamp_ns: f for f in frames}
+    anomaly_wall: list[tuple[int, bool]] = []
+    mode_wall: list[tuple[int, str]] = []
+    offsets: list[int] = []  # record time - drive time of each processed frame: the smallest is the replay's start
+    dropped = 0
+    for topic, t_ns, msg in read_messages(record, list(RECORD_TOPICS.values())):
+        if topic == RECORD_TOPICS["frame_info"]:
+            frame = by_stamp.get(_stamp_ns(msg.header.stamp))
+            if frame is not None:
+                values = {kv.key: kv.value for kv in msg.status[0].values}
+                frame.level, frame.latency_ms = values["level"], float(values["latency_ms"])
+                dropped = int(values["dropped_frames"])
+                offsets.append(t_ns - frame.stamp_ns + DRIVE_START_NS)
+        elif topic == RECORD_TOPICS["detections"]:
+            frame = by_stamp.get(_stamp_ns(msg.header.stamp))
+            if frame is not None:
+                frame.boxes = [_box(d) for d in msg.detections if d.results]
+        elif topic == RECORD_TOPICS["anomaly"]:
+            anomaly_wall.append((t_ns, msg.data))
+        elif topic == RECORD_TOPICS["mode"]:
+            mode_wall.append((t_ns, msg.data))
+    start = min(offsets, default=0)
+    result = DemoResult(frames, [((t - start) / NS, v) for t, v in anomaly_wall],
+                        [((t - start) / NS, v) for t, v in mode_wall], dropped=dropped)
+    first_alarm = next((t for t, v in anomaly_wall if v), None)
+    first_full = next((t for t, v in mode_wall if v == FULL and first_alarm is not None and t >= first_alarm), None)
+    if first_full is not None:
+        result.anomaly_to_full_ms = (first_full - first_alarm) / 1e6
+    result.failures = _check(result)
+    return result
+
+
+def _stamp_ns(stamp) -> int:
+    return stamp.sec * NS + stamp.nanosec
+
+
+def _box(det) -> tuple[float, float, float, float, float, str]:
+    """A recorded vision_msgs Detection2D as (x1, y1, x2, y2, score, class name)."""
+    cx, cy, w, h = det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.size_x, det.bbox.size_y
+    best = det.results[0].hypothesis
+    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, best.score, best.class_id
+
+
+def _check(result: DemoResult) -> list[str]:
+    """What `make demo` promises: frames answered, full during the fog, pruned again after it."""
+    processed = [f for f in result.frames if f.level]
+    if not processed:
+        return ["the perception node answered no frames"]
+    failures = []
+    fog = [f for f in result.frames if f.fogged]
+    if fog and not any(f.level == FULL for f in processed if f.t >= fog[0].t):
+        failures.append("the node never ran the full level during or after the fog")
+    if not result.anomaly or not any(v for _, v in result.anomaly):
+        failures.append("the anomaly monitor never flagged the fog")
+    if fog and processed[-1].level != PRUNED:
+        failures.append(f"the node did not return to {PRUNED} after the fog (last frame ran {processed[-1].level})")
+    return failures
 
 
 def print_summary(result: DemoResult) -> None:
-    for r in result.records:
-        print(f"demo: frame {r.index:>3}  anomaly {'ON ' if r.anomaly else 'off'}  level {r.level:<7} "
-              f"{r.latency_ms:7.1f} ms  {r.detections} detections")
-    print(f"demo: frames sent {result.frames_sent}, answered {len(result.records)}; modes {' -> '.join(result.modes)}")
-    if result.switch_ms is not None:
-        print(f"demo: anomaly published -> ~/mode full: {result.switch_ms:.1f} ms")
-    for level in dict.fromkeys(r.level for r in result.records):
-        latencies = [r.latency_ms for r in result.records[1:] if r.level == level]
-        if latencies:
-            print(f"demo: {level} frames: median {statistics.median(latencies):.1f} ms frame -> detections over DDS")
+    frames, processed = result.frames, [f for f in result.frames if f.level]
+    fog = [f.t for f in frames if f.fogged]
+    print(f"demo: {len(frames)} frames replayed, {len(processed)} processed, {len(frames) - len(processed)} "
+          f"not processed ({result.dropped} dropped for newer frames by the node)")
+    if fog:
+        print(f"demo: fog from {fog[0]:.1f} s to {fog[-1]:.1f} s of the drive")
+    for level in dict.fromkeys(f.level for f in processed):
+        latencies = sorted(f.latency_ms for f in processed if f.level == level)
+        print(f"demo: {level:<7} {len(latencies):>4} frames, inference median {statistics.median(latencies):6.1f} ms, "
+              f"p90 {latencies[int(0.9 * (len(latencies) - 1))]:6.1f} ms")
+    changes = [f"{level} at {t:.1f} s" for t, level in result.modes]
+    print(f"demo: ~/mode {' -> '.join(changes) or 'never recorded'} ({max(len(changes) - 1, 0)} switches)")
+    flags = [f"{'true' if v else 'false'} at {t:.1f} s" for i, (t, v) in enumerate(result.anomaly)
+             if i == 0 or v != result.anomaly[i - 1][1]]
+    print(f"demo: anomaly {' -> '.join(flags) or 'never recorded'} ({len(result.anomaly)} heartbeats)")
+    if result.anomaly_to_full_ms is not None:
+        print(f"demo: anomaly true -> ~/mode full, as recorded: {result.anomaly_to_full_ms:.1f} ms")
+    counts = Counter(c for f in processed for c in f.classes)
+    print("demo: detections per class: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in CLASSES))
     for failure in result.failures:
         print(f"demo: FAILED: {failure}", file=sys.stderr)
+
+
+def plot_timeline(result: DemoResult, path: Path) -> None:
+    """Anomaly flag, active level, per-frame latency and detection count against drive time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    processed = [f for f in result.frames if f.level]
+    levels = list(dict.fromkeys([PRUNED, *(f.level for f in processed), FULL]))
+    fig, axes = plt.subplots(4, 1, figsize=(10, 8), sharex=True)
+    series = [
+        ("anomaly", [t for t, _ in result.anomaly], [int(v) for _, v in result.anomaly], "steps-post"),
+        ("level", [f.t for f in processed], [levels.index(f.level) for f in processed], "steps-post"),
+        ("inference ms", [f.t for f in processed], [f.latency_ms for f in processed], "default"),
+        ("detections", [f.t for f in processed], [len(f.classes) for f in processed], "default"),
+    ]
+    fog = [f.t for f in result.frames if f.fogged]
+    for ax, (label, xs, ys, style) in zip(axes, series, strict=True):
+        ax.plot(xs, ys, drawstyle=style, marker="." if style == "default" else None)
+        ax.set_ylabel(label)
+        if fog:
+            ax.axvspan(fog[0], fog[-1], color="grey", alpha=0.2, label="fog")
+    axes[0].set_yticks([0, 1], ["false", "true"])
+    axes[1].set_yticks(range(len(levels)), levels)
+    axes[0].legend(loc="upper right")
+    axes[-1].set_xlabel("drive time (s)")
+    fig.suptitle("revperception demo: the node reverts to full while the monitor flags fog")
+    fig.tight_layout()
+    _save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    plt.close(fig)
+
+
+def image_strip(result: DemoResult, drive_bag: Path, path: Path) -> None:
+    """Annotated frames from before, during and after the fog, side by side, from the recorded detections."""
+    processed = [f for f in result.frames if f.level]
+    fog = [f for f in processed if f.fogged]
+    if not fog:
+        return
+    picks = {f.stamp_ns: f for f in (min(processed, key=lambda f: abs(f.t - fog[0].t / 2)), fog[len(fog) // 2],
+                                           min(processed, key=lambda f: abs(f.t - (fog[-1].t + processed[-1].t) / 2)))}
+    tiles = []
+    for *_, msg in read_messages(drive_bag):
+        frame = picks.get(_stamp_ns(msg.header.stamp))
+        if frame is not None:
+            image = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+            banner = f"t={frame.t:.1f}s {frame.level} {frame.latency_ms:.0f} ms{' FOG' if frame.fogged else ''}"
+            tiles.append(cv2.resize(annotate(image, frame.detections(), banner=banner), None, fx=0.5, fy=0.5))
+    _save_atomic(path, lambda tmp: _imwrite(tmp, np.hstack(tiles)))
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
+
+
+def _save_atomic(path: Path, write) -> None:
+    """Write through a temporary file beside `path`, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def report(result: DemoResult, out: Path) -> None:
+    """The printed summary, `timeline.png` and `strip.png` (the latter two when the node processed frames)."""
+    print_summary(result)
+    if any(f.level for f in result.frames):
+        plot_timeline(result, out / "timeline.png")
+        image_strip(result, out / "drive", out / "strip.png")
+        print(f"demo: wrote {out / 'timeline.png'} and {out / 'strip.png'}; recorded outputs in {out / 'record'}")

@@ -30,7 +30,6 @@ from vision_msgs.msg import Detection2DArray
 from revperception.pruning import FULL, PRUNED
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
-from revperception.ros.perception_node import ANOMALY_QOS, MODE_QOS
 from revperception.ros.spin import spin_until
 from revperception.runtime import ReversibleDetector
 from revperception.tools.synthetic import road_frame
@@ -48,9 +47,9 @@ class _Probe:
         self.dropped = 0  # frames the node dropped for newer ones, as it last reported
         self.node.create_subscription(Detection2DArray, "detections", self._on_detections, qos.DETECTIONS)
         self.node.create_subscription(DiagnosticArray, "revperception/frame_info", self._on_info, qos.DETECTIONS)
-        self.node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), MODE_QOS)
+        self.node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), qos.MODE)
         self.camera = self.node.create_publisher(Image, "image", qos.IMAGE_RELIABLE)
-        self.anomaly = self.node.create_publisher(Bool, "anomaly", ANOMALY_QOS)
+        self.anomaly = self.node.create_publisher(Bool, "anomaly", qos.ANOMALY)
         self._stop = threading.Event()
         self.stamp = 0
 

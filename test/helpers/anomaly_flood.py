@@ -10,14 +10,14 @@ import time
 import rclpy
 from std_msgs.msg import Bool
 
-from revperception.ros.perception_node import ANOMALY_QOS
+from revperception.ros import qos
 
 
 def main() -> None:
     topic, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     rclpy.init()
     node = rclpy.create_node("anomaly_flood")
-    publisher = node.create_publisher(Bool, topic, ANOMALY_QOS)
+    publisher = node.create_publisher(Bool, topic, qos.ANOMALY)
     deadline = time.monotonic() + 30
     while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.05)
