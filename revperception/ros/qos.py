@@ -1,4 +1,7 @@
-"""QoS profiles chosen on purpose, in one place."""
+"""QoS profiles chosen on purpose, in one place, and the DDS transport that camera frames need."""
+
+import os
+from pathlib import Path
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
@@ -22,3 +25,15 @@ def image_qos(name: str) -> QoSProfile:
     if name not in profiles:
         raise ValueError(f"image_qos must be one of {sorted(profiles)}, got {name!r}")
     return profiles[name]
+
+
+# Shared-memory segments big enough for whole camera frames; the file says what the default costs.
+LARGE_FRAMES_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"
+
+
+def use_large_frame_transport() -> None:
+    """Point Fast DDS at LARGE_FRAMES_PROFILE for this process and those it starts, unless a profile is chosen.
+
+    Call it before rclpy.init(): Fast DDS reads its profiles when the first participant is created.
+    """
+    os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(LARGE_FRAMES_PROFILE))

@@ -27,6 +27,7 @@ from revperception.bags import read_messages, write_image_bag
 from revperception.models.annotate import annotate
 from revperception.models.detector import Detections
 from revperception.pruning import FULL, PRUNED
+from revperception.ros import qos
 from revperception.tools.synthetic import CLASSES, drive
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +88,8 @@ class DemoResult:
 def node_commands(checkpoint: Path, clear_hold_s: float) -> dict[str, list[str]]:
     """Both nodes' command lines, as `ros2 run` (or the launch file) would start them."""
     config = PACKAGE_ROOT / "config"
-    # Reliable images: a 0.9 MB frame exceeds Fast DDS's default shared-memory segment, so it travels as UDP
-    # fragments, and best-effort readers (sensor_data) were measured to lose 93 of 100 replayed frames.
+    # Reliable images, as a bag replay deserves: every frame reaches the node (run_demo also sets the shared-memory
+    # transport for whole frames; without it a best-effort reader got 7 of 100 replayed 640x480 frames).
     common = ["-p", "image_qos:=reliable", "-r", f"image:={IMAGE_TOPIC}", "-r", f"__ns:={NAMESPACE}"]
     return {
         "perception_node": [str(BIN / "perception_node"), "--ros-args", "--params-file",
@@ -121,6 +122,7 @@ def run_demo(checkpoint: Path | None = None, *, seconds: float = 30.0, hz: float
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint} does not exist: `make demo-model` regenerates the demo checkpoint")
     out.mkdir(parents=True, exist_ok=True)
+    qos.use_large_frame_transport()  # for the nodes and the replay started below
     print(f"demo: writing a {seconds:.0f} s synthetic drive at {hz:.0f} Hz with fog in the middle ...", flush=True)
     frames = write_drive(out / "drive", seconds, hz)
     record = out / "record"
