@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def write_drive(path: Path, seconds: float, hz: float) -> list[Frame]:
     """The synthetic drive as a rosbag2 of sensor_msgs/Image on IMAGE_TOPIC; returns its frames' times and fog."""
     frames: list[Frame] = []
 
-    def images():
+    def images() -> Iterator[tuple[int, np.ndarray]]:
         for t_ns, image, _, fogged in drive(seconds=seconds, hz=hz):
             frames.append(Frame(DRIVE_START_NS + t_ns, fogged))
             yield DRIVE_START_NS + t_ns, image
@@ -132,12 +133,15 @@ def run_demo(checkpoint: Path | None = None, *, seconds: float = 30.0, hz: float
     failures: list[str] = []
     try:
         print(f"demo: replaying {len(frames)} frames through anomaly_monitor and perception_node ({checkpoint.name})")
+        limit_s = startup_timeout_s + seconds * 3 + 60
         replay = subprocess.run(
             [str(BIN / "revperception"), "replay", str(out / "drive"), "--wait-for", "2", "--wait-timeout",
              str(startup_timeout_s), "--record", str(record), "--record-topics", *RECORD_TOPICS.values()],
-            timeout=startup_timeout_s + seconds * 3 + 60, check=False)
+            timeout=limit_s, check=False)
         if replay.returncode != 0:
             failures.append(f"revperception replay exited {replay.returncode}")
+    except subprocess.TimeoutExpired:
+        failures.append(f"revperception replay did not finish within {limit_s:.0f} s")
     finally:
         for name, proc in nodes.items():
             failures += _stop(name, proc)
