@@ -7,8 +7,10 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,6 +81,26 @@ def damaged_copy(checkpoint: Path, folder: Path, damage: str) -> Path:
         data[-100] ^= 0xFF
         bad.write_bytes(data)
     return bad
+
+
+def resending(publisher: Any, msg: Any, done: Callable[[], bool], period_s: float = 0.5) -> Callable[[], bool]:
+    """A `done` for spin_until that (re)publishes `msg` every `period_s` until `done()` holds.
+
+    Discovery across processes is asymmetric: the other side may match our writer after we match its reader,
+    and a volatile message sent in between is lost. Resending is safe where the receiver treats copies alike.
+    """
+    last = -period_s
+
+    def check() -> bool:
+        nonlocal last
+        if done():
+            return True
+        if time.monotonic() - last >= period_s:
+            publisher.publish(msg)
+            last = time.monotonic()
+        return False
+
+    return check
 
 
 def shared_path(relative: str) -> Path:

@@ -14,7 +14,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
-from conftest import stop_process
+from conftest import resending, stop_process
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
 from revperception.ros.spin import spin_until
@@ -34,8 +34,8 @@ def test_image_and_detections_cross_processes(ros_context: None) -> None:
 
         frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
         header = Header(stamp=Time(sec=42, nanosec=7), frame_id="camera")
-        publisher.publish(bgr_to_image(frame, header))
-        assert spin_until(node, lambda: bool(replies), 30.0), "no Detection2DArray came back"
+        image = bgr_to_image(frame, header)
+        assert spin_until(node, resending(publisher, image, lambda: bool(replies)), 30.0), "no reply came back"
 
         reply = replies[0]
         assert reply.header == header

@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
-from conftest import BIN, DAMAGE_REASONS, ROOT, damaged_copy, stop_process
+from conftest import BIN, DAMAGE_REASONS, ROOT, damaged_copy, resending, stop_process
 from revperception.checkpoint import load_reversible
 from revperception.models import Detector
 from revperception.pruning import FULL, PRUNED
@@ -297,10 +297,9 @@ def test_console_script_with_params_file_and_remap(ros_context: None, tiny_check
         probe.create_subscription(String, "/vehicle/revperception/mode", lambda m: modes.append(m.data), qos.MODE)
         assert spin_until(probe, lambda: images.get_subscription_count() > 0 and modes, 120.0), "node not up"
         assert modes == [PRUNED]
-        anomaly.publish(Bool(data=True))
-        assert spin_until(probe, lambda: modes[-1] == FULL, 30.0)
-        images.publish(bgr_to_image(FRAME, Header(stamp=Time(sec=7), frame_id="cam")))
-        assert spin_until(probe, lambda: replies, 60.0), "no detections"
+        assert spin_until(probe, resending(anomaly, Bool(data=True), lambda: modes[-1] == FULL), 30.0)
+        frame = bgr_to_image(FRAME, Header(stamp=Time(sec=7), frame_id="cam"))
+        assert spin_until(probe, resending(images, frame, lambda: bool(replies)), 60.0), "no detections"
         assert replies[0].header.stamp.sec == 7
         assert proc.poll() is None
     finally:
