@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,28 @@ def resending(publisher: Any, msg: Any, done: Callable[[], bool], period_s: floa
         return False
 
     return check
+
+
+class NodeRig:
+    """A node spinning in its own executor thread, as its main() runs it, and a probe node in its namespace."""
+
+    def __init__(self, node: Any) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+
+        self.node = node
+        self.ns = node.get_namespace()
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.probe = Node("probe", namespace=self.ns)
+
+    def close(self) -> None:
+        self.probe.destroy_node()
+        self.executor.shutdown()
+        self.thread.join(timeout=10)  # no callback may run on a destroyed node
+        self.node.destroy_node()
 
 
 def shared_path(relative: str) -> Path:

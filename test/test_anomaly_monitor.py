@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
 import cv2
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
 from vision_msgs.msg import Detection2DArray
 
-from conftest import BIN, ROOT, stop_process
+from conftest import BIN, ROOT, NodeRig, stop_process
 from revperception.ros import qos
 from revperception.ros.anomaly_monitor import AnomalyMonitorNode
 from revperception.ros.conversions import bgr_to_image
@@ -29,20 +27,14 @@ FOGGY = [bgr_to_image(add_fog(road_frame(i)[::2, ::2], 0.7)) for i in range(8)]
 _namespaces = iter(range(1_000_000))
 
 
-class Rig:
+class Rig(NodeRig):
     """The monitor in its own executor (as main() runs it), and a probe node playing camera and detector."""
 
     def __init__(self, **params) -> None:
-        self.ns = f"/mon{next(_namespaces)}"
         params = {"image_qos": "reliable", "raise_after_s": 0.2, "clear_after_s": 0.5, "stall_timeout_s": 0.6,
                   "rate_hz": 20.0, **params}
-        self.node = AnomalyMonitorNode(namespace=self.ns,
-                                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        self.probe = Node("probe", namespace=self.ns)
+        super().__init__(AnomalyMonitorNode(namespace=f"/mon{next(_namespaces)}",
+                                            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
         self.flags: list[bool] = []
         self.status: list[dict[str, str]] = []
         compressed = params.get("compressed", False)
@@ -75,12 +67,6 @@ class Rig:
             beats = len(self.flags)
             self.wait(lambda n=beats: len(self.flags) > n, 5)
         return True
-
-    def close(self) -> None:
-        self.probe.destroy_node()
-        self.executor.shutdown()
-        self.thread.join(timeout=10)  # no callback may run on a destroyed node
-        self.node.destroy_node()
 
 
 @pytest.fixture

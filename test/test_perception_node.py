@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
@@ -23,7 +21,7 @@ from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
-from conftest import BIN, DAMAGE_REASONS, ROOT, damaged_copy, resending, stop_process
+from conftest import BIN, DAMAGE_REASONS, ROOT, NodeRig, damaged_copy, resending, stop_process
 from revperception.checkpoint import load_reversible
 from revperception.models import Detector
 from revperception.pruning import FULL, PRUNED
@@ -41,19 +39,13 @@ def values(msg: DiagnosticArray) -> dict[str, str]:
     return {kv.key: kv.value for kv in msg.status[0].values}
 
 
-class Rig:
+class Rig(NodeRig):
     """The node in its own executor (as main() runs it), and a probe node that talks to it over DDS."""
 
     def __init__(self, checkpoint: Path, **params) -> None:
-        self.ns = f"/rig{next(_namespaces)}"
         params = {"checkpoint": str(checkpoint), "imgsz": 160, "image_qos": "reliable", **params}
-        self.node = PerceptionNode(namespace=self.ns,
-                                   parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        self.probe = Node("probe", namespace=self.ns)
+        super().__init__(PerceptionNode(namespace=f"/rig{next(_namespaces)}",
+                                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
         self.detections: list[Detection2DArray] = []
         self.modes: list[str] = []
         self.frames: list[dict[str, str]] = []
@@ -88,12 +80,6 @@ class Rig:
 
     def set_anomaly(self, value: bool) -> None:
         self.anomaly.publish(Bool(data=value))
-
-    def close(self) -> None:
-        self.probe.destroy_node()
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -13,13 +13,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header
 from vision_msgs.msg import Detection2DArray
@@ -28,7 +25,7 @@ from revperception.anomaly import AnomalyMonitor, Thresholds, measure
 from revperception.ros import qos
 from revperception.ros.conversions import ImageError, compressed_to_bgr, image_to_bgr
 from revperception.ros.parameters import describe
-from revperception.ros.spin import spin_until_signalled
+from revperception.ros.spin import run_node
 
 NAME = "anomaly_monitor"
 THRESHOLDS = ("min_contrast", "min_brightness", "min_sharpness")
@@ -147,20 +144,7 @@ class AnomalyMonitorNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = AnomalyMonitorNode()
-    except Exception as err:  # a bad parameter exits non-zero with one readable line
-        rclpy.logging.get_logger(NAME).fatal(f"cannot start: {err}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from err
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        spin_until_signalled(executor)
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(AnomalyMonitorNode, NAME, args)
 
 
 if __name__ == "__main__":

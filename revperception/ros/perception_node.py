@@ -29,14 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import SetBool
@@ -55,7 +52,7 @@ from revperception.ros.conversions import (
     to_detection2d_array,
 )
 from revperception.ros.parameters import describe
-from revperception.ros.spin import spin_until_signalled
+from revperception.ros.spin import run_node
 from revperception.runtime import ReversibleDetector
 
 NAME = "revperception"
@@ -390,20 +387,7 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = PerceptionNode()
-    except Exception as err:  # a bad checkpoint or parameter exits non-zero with one readable line
-        rclpy.logging.get_logger(NAME).fatal(f"cannot start: {err}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from err
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        spin_until_signalled(executor)
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(PerceptionNode, NAME, args)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import Executor
+from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 
 def spin_until(node: Node, done: Callable[[], bool], timeout_s: float) -> bool:
@@ -43,3 +44,24 @@ def spin_until_signalled(executor: Executor, poll_s: float = 0.1) -> None:
             signal.signal(sig, handler)
         executor.shutdown()
         spinner.join()
+
+
+def run_node(make_node: Callable[[], Node], name: str, args: list[str] | None = None) -> None:
+    """A console script's main: start the node, spin it until SIGINT/SIGTERM, clean up.
+
+    A node that cannot start (bad checkpoint, bad parameter) exits 1 with one readable FATAL line.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = make_node()
+    except Exception as err:  # any reason at all: one line, not a traceback
+        rclpy.logging.get_logger(name).fatal(f"cannot start: {err}")
+        rclpy.try_shutdown()
+        raise SystemExit(1) from err
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        spin_until_signalled(executor)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
