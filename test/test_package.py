@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,14 @@ def test_core_imports_no_rclpy() -> None:
         "bench", "offline.pipeline", "cli"))
     code = f"import sys, {core}; assert 'rclpy' not in sys.modules, 'rclpy leaked'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_child_processes_keep_every_torch_thread() -> None:
+    """Ultralytics sets OMP_NUM_THREADS=1 on import when it is unset; the nodes we start must not inherit that."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = ("import os, subprocess, sys, revperception.models; "
+            "print(subprocess.run([sys.executable, '-c', 'import os, torch; print(torch.get_num_threads())'], "
+            "capture_output=True, text=True, check=True).stdout.strip())")
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                           timeout=120)
+    assert int(child.stdout.strip().splitlines()[-1]) == len(os.sched_getaffinity(0))
