@@ -28,8 +28,10 @@ def _prune(args: argparse.Namespace) -> int:
 
     cfg = PruneConfig(
         weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
-        step=args.step, max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
-        levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, loss=args.loss, lr=args.lr,
+        step=args.step, allocation=args.allocation, calibration=args.calibration, full_weight=args.full_weight,
+        max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
+        levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, patience=args.patience, loss=args.loss,
+        feature_weight=args.feature_weight, lr=args.lr,
         ranking=args.ranking, round_to=args.round_to, device=args.device, workers=args.workers,
     )
     try:
@@ -183,7 +185,14 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     prune.add_argument("--no-finetune", action="store_true", help="prune only, on the given weights (no data)")
     prune.add_argument("--sparsity", type=float, default=0.36, help="--no-finetune: filter fraction pruned")
     down = prune.add_argument_group("fine-tuning down")
-    down.add_argument("--step", type=float, default=0.05, help="further filter fraction pruned per step")
+    down.add_argument("--step", type=float, default=0.05,
+                      help="per step, a further fraction of every group's filters (uniform) or of parameters")
+    down.add_argument("--allocation", choices=("uniform", "sensitivity"), default="uniform",
+                      help="uniform: the same filter fraction in every group (the paper); sensitivity: the "
+                           "groups whose next channels change the outputs least per parameter (label-free)")
+    down.add_argument("--calibration", type=int, default=32, help="sensitivity: images each candidate is scored on")
+    down.add_argument("--full-weight", type=float, default=0.0,
+                      help="weight of the full architecture's loss while fine-tuning down (0: the paper's method)")
     down.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
     down.add_argument("--max-drop", type=float, default=0.1, help="stop rule: relative mAP50 drop from dense")
     down.add_argument("--min-map", type=float, help="stop rule: absolute mAP50 floor")
@@ -194,7 +203,12 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     train = prune.add_argument_group("training")
     train.add_argument("--loss", choices=("distill", "detect"), default="distill",
                        help="distill: from the dense model, label-free (default); detect: Ultralytics' loss")
+    train.add_argument("--feature-weight", type=float, default=0.0,
+                       help="distill: weight of every block's feature error beside the head outputs' (0: outputs only)")
     train.add_argument("--lr", type=float, default=3e-5, help="Adam learning rate")
+    train.add_argument("--patience", type=int, default=3,
+                       help="stop a step's or level's fine-tuning after this many epochs without a validation gain; "
+                            "the best epoch (or the untrained weights) is kept")
     train.add_argument("--batch", type=int, default=8)
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
@@ -284,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_bench.add_argument("--imgsz", type=int, default=640)
     node_bench.add_argument("--trials", type=int, default=50, help="anomaly trials (median and worst reported)")
     node_bench.add_argument("--camera-hz", type=float,
-                            help="synthetic camera rate (default: twice the bare pruned fps, at most 60)")
+                            help="camera rate (default: 30 Hz, or 1.25x the bare pruned fps if faster; <= 60)")
     node_bench.add_argument("--throughput-s", type=float, default=10.0, help="seconds of throughput measurement")
     node_bench.add_argument("--json", help="also write the results here")
     node_bench.set_defaults(func=_bench_node)

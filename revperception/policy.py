@@ -93,6 +93,21 @@ class LevelPolicy:
             return Decision(self.alert_level, "hold")
         return Decision(self.calm_level, "calm")
 
+    def next_change(self) -> float | None:
+        """Seconds until `decide()` may change with no new input (a hold ends, or the detector's silence
+        reaches the timeout); None when only an input can change it. Lets a caller wake once, on time,
+        instead of polling."""
+        now = self.clock()
+        if self.forced or self.anomaly or self._timed_out(now):
+            return None
+        deadlines = []
+        if self._calm_since is not None and now - self._calm_since < self.clear_hold_s:
+            deadlines.append(self._calm_since + self.clear_hold_s - now)
+        if self.timeout_s > 0:
+            since = self._started if self._last_message is None else self._last_message
+            deadlines.append(since + self.timeout_s - now)
+        return min(deadlines, default=None)
+
     def _timed_out(self, now: float) -> bool:
         since = self._started if self._last_message is None else self._last_message
         return self.timeout_s > 0 and now - since >= self.timeout_s

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, shared_path, synthetic_dataset
+from conftest import BIN, randomise_batchnorms, shared_path, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
-from revperception.offline.masks import ChannelMasks, trainable_only
+from revperception.offline.finetune import freeze_batchnorm
+from revperception.offline.losses import distillation
+from revperception.offline.masks import ChannelMasks, trainable_only, with_values
 from revperception.offline.pipeline import NEVER, Pipeline, PruneConfig
 from revperception.pruning import FULL, PRUNED, find_groups
 
@@ -55,6 +57,56 @@ def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
         else:
             assert torch.equal(p, before[name]), f"{name} moved while frozen"
     assert [p.requires_grad for p in model.parameters()] == flags, "trainable_only must restore requires_grad"
+
+
+def test_the_full_architecture_trains_beside_a_pruned_level_without_moving_its_own_weights() -> None:
+    torch.manual_seed(0)
+    model = load_model("yolov5n.yaml").model
+    randomise_batchnorms(model)
+    dense = copy.deepcopy(model)
+    values = {name: p.detach().clone() for name, p in dense.named_parameters()}
+    groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
+    masks = ChannelMasks(model, groups)
+    keep = [torch.arange(g.size) < g.size // 2 for g in groups]
+    masks.zero_pruned(keep)
+    used = masks.parameter_masks(keep)
+    full = with_values(model, used, values)
+    x = torch.rand(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(full(x)[0], dense.eval()(x)[0]), "pruned entries must read the dense values"
+    pruned_before = copy.deepcopy(model.state_dict())
+    model.train()
+    with trainable_only(model, used) as params:
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        out = full(x)  # the full architecture's loss alone: its gradient must reach the shared entries only
+        (out["boxes"].pow(2).mean() + out["scores"].pow(2).mean()).backward()
+        optimizer.step()
+    moved = False
+    for name, p in model.named_parameters():
+        if p in used:
+            live = used[p].expand_as(p)
+            assert not p[~live].any(), f"{name}: a pruned entry moved off zero"
+            moved |= not torch.equal(p[live], pruned_before[name][live])
+    assert moved, "the full architecture's loss did not train the shared weights"
+    assert all(torch.equal(values[n], p) for n, p in dense.named_parameters()), "the dense values changed"
+
+
+def test_feature_distillation_compares_every_block_and_leaves_no_hooks_behind() -> None:
+    torch.manual_seed(0)
+    teacher = load_model("yolov5n.yaml").model
+    randomise_batchnorms(teacher)
+    freeze_batchnorm(teacher)  # as fine-tuning runs: training-mode head, stored statistics
+    student = copy.deepcopy(teacher)
+    images = torch.rand(2, 3, 64, 64)
+    with_features = distillation(teacher, student, feature_weight=1.0)
+    assert float(with_features(student, images, {})) == 0.0, "a copy of the teacher is already distilled"
+    with torch.no_grad():
+        student.model[1].bn.bias.add_(1.0)  # a backbone block: the head's outputs barely notice
+    outputs_only = float(distillation(teacher, student)(student, images, {}))
+    combined = float(with_features(student, images, {}))
+    assert combined - outputs_only > 0.01, "the changed block's features were not compared"
+    assert not any(m._forward_hooks for m in (*teacher.modules(), *student.modules())), "hooks were left behind"
 
 
 def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path) -> None:
@@ -102,7 +154,8 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     out = tmp_path / "n.rvp.safetensors"
     proc = subprocess.run([str(BIN / "revperception"), "prune", "--weights", "yolov5n.yaml", "--data", str(data),
                            "--out", str(out), "--imgsz", "64", "--batch", "4", "--step", "0.25", "--min-map", "0",
-                           "--levels", "2", "--up-epochs", "1", "--round-to", "8"],
+                           "--levels", "2", "--up-epochs", "1", "--round-to", "8", "--allocation", "sensitivity",
+                           "--full-weight", "1", "--calibration", "4"],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pruned = load_reversible(out)
@@ -112,6 +165,8 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     report = json.loads((tmp_path / "n.report.json").read_text())
     assert [s["step"] for s in report["steps"]][:2] == [1, 2]
     assert {"map50", "map50_no_finetune", "param_sparsity"} <= set(report["steps"][0])
+    for step in report["steps"]:  # sensitivity allocation: each step frees its share of the parameters
+        assert step["target"] <= step["param_sparsity"] < step["target"] + 0.05
     assert set(report["levels"]) == {PRUNED, "level1", FULL}
     for png in ("n_map_vs_sparsity.png", "n_latency_vs_sparsity.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -161,20 +216,43 @@ def test_eval_cli_reports_a_checkpoint_level(data: Path, tmp_path: Path) -> None
     assert bad.returncode == 1 and "unknown level 'tiny'" in bad.stderr
 
 
-def test_release_model_fine_tunes_on_real_images(tmp_path: Path) -> None:
+@pytest.fixture
+def coco_subset(tmp_path: Path) -> Path:
+    """16 training and 8 validation images of ../shared's coco128 (skips without it)."""
     coco = shared_path("data/coco128-train")
     images = sorted((coco / "images" / "train2017").glob("*.jpg"))[:24]
     (tmp_path / "train.txt").write_text("\n".join(map(str, images[:16])) + "\n")
     (tmp_path / "val.txt").write_text("\n".join(map(str, images[16:])) + "\n")
     names = (coco / "data.yaml").read_text().split("names:", 1)[1]
     (tmp_path / "data.yaml").write_text(f"path: {tmp_path}\ntrain: train.txt\nval: val.txt\nnames:{names}")
-    cfg = PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(tmp_path / "data.yaml"),
+    return tmp_path / "data.yaml"
+
+
+def test_release_model_fine_tunes_on_real_images(coco_subset: Path, tmp_path: Path) -> None:
+    cfg = PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(coco_subset),
                       out=str(tmp_path / "v5n.rvp.safetensors"), imgsz=160, step=0.1, max_fraction=0.2, min_map=0.0,
                       up_epochs=1, round_to=8)
     report = Pipeline(cfg).run()
     assert report["dense"]["map50"] > 0.2, "the release model should detect on COCO images at 160 px"
     assert report["levels"][FULL]["map50"] > 0.5 * report["dense"]["map50"]
     assert report["steps"][0]["param_sparsity"] > 0.05
+
+
+def test_fine_tuning_that_lowers_validation_map_is_not_kept(coco_subset: Path, tmp_path: Path) -> None:
+    cfg = PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(coco_subset),
+                      out=str(tmp_path / "h.rvp.safetensors"), imgsz=160, lr=0.1, patience=1)
+    pipeline = Pipeline(cfg)
+    keep = pipeline.masks.full()
+    keep[0][-1] = False  # one pruned filter: the student now differs from its teacher, so the loss has gradients
+    pipeline.masks.zero_pruned(keep)
+    before = copy.deepcopy(pipeline.model.state_dict())
+    start = pipeline._evaluate(pipeline.model)
+    result = pipeline._train_best(pipeline.masks.parameter_masks(keep), 3, "too hot", start=start, level="hot")
+    epochs = [u for u in pipeline.report["up"] if u["level"] == "hot"]
+    assert start["map50"] > 0.2 and len(epochs) == 1 and epochs[0]["map50"] < start["map50"], "patience 1: one epoch"
+    assert result["best_epoch"] == 0 and result["map50"] == start["map50"]
+    after = pipeline.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the harmful epoch's weights were kept"
 
 
 def test_detection_loss_trains_on_labels(data: Path, tmp_path: Path) -> None:

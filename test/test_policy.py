@@ -114,3 +114,21 @@ def test_negative_durations_are_refused(clock: Clock, name: str) -> None:
     policy = LevelPolicy(clock=clock)
     with pytest.raises(ValueError, match=">= 0"):
         setattr(policy, name, -1.0)
+
+
+def test_next_change_is_when_a_hold_or_the_silence_timeout_ends(clock: Clock) -> None:
+    policy = LevelPolicy(clear_hold_s=2.0, timeout_s=5.0, clock=clock)
+    assert policy.next_change() == pytest.approx(5.0)  # silent since start
+    policy.on_anomaly(True)
+    assert policy.next_change() is None  # only a message ends an anomaly
+    clock.now += 1.0
+    policy.on_anomaly(False)
+    assert policy.next_change() == pytest.approx(2.0)  # the hold ends before the silence timeout
+    clock.now += 2.0
+    assert policy.decide() == Decision(PRUNED, "calm")
+    assert policy.next_change() == pytest.approx(3.0)  # 5 s after the last message
+    clock.now += 3.0
+    assert policy.decide() == Decision(FULL, "timeout") and policy.next_change() is None
+    policy.force_full(True)
+    assert policy.next_change() is None
+    assert LevelPolicy(clock=clock).next_change() is None  # no hold, no timeout: nothing changes by itself

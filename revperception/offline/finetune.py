@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,15 +41,22 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 
 def train_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss: Loss,
-                optimizer: torch.optim.Optimizer, *, device: torch.device, desc: str) -> float:
-    """One pass over `loader`; returns the mean loss."""
+                optimizer: torch.optim.Optimizer, *, device: torch.device, desc: str,
+                also: Sequence[tuple[float, Callable[[torch.Tensor], Any]]] = ()) -> float:
+    """One pass over `loader`; returns the mean loss.
+
+    `also`: further (weight, forward) pairs whose weighted losses on the same batch join the model's own,
+    e.g. the full architecture over the same shared weights while a pruned one is fine-tuned.
+    """
     model.train()
     freeze_batchnorm(model)
     total = 0.0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         images = batch["img"].to(device).float() / 255
         targets = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        value = loss(model(images), targets, images)
+        value = loss(model, images, targets)
+        for weight, forward in also:
+            value = value + weight * loss(forward, images, targets)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()

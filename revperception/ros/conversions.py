@@ -43,7 +43,7 @@ def image_to_bgr(msg: Image) -> np.ndarray:
     if data.size < step * height:
         raise ImageError(f"data holds {data.size} bytes, {step * height} expected for {height} rows of {step}")
     rows = data[: step * height].reshape(height, step)[:, :row_bytes]
-    pixels = rows.copy().view(dtype.newbyteorder(">" if msg.is_bigendian else "<")).astype(dtype)
+    pixels = rows.copy().view(dtype.newbyteorder(">" if msg.is_bigendian else "<")).astype(dtype, copy=False)
     pixels = pixels.reshape(height, width, channels)
     if dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)

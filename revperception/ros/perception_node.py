@@ -5,7 +5,11 @@
 Wiring only: parameters -> LevelPolicy and ReversibleDetector; callbacks -> conversions. The one seam
 where the level changes is `_apply`. Inference runs on its own worker thread, which always takes the
 latest frame (older unprocessed frames are dropped and counted), so anomaly messages, the force-full
-service and the policy timer never wait behind an inference: at most behind one frame's decoding.
+service and the policy timer never wait behind an inference.
+
+Frames arrive as serialized bytes (a raw subscription) and only the frame the worker takes is
+deserialized and decoded: when the camera outpaces the model, dropped frames cost one copy, not a
+Python message and an image each (measured by `revperception bench-node`, see the README).
 
 Every torch call (the checkpoint load too) runs on that one thread. torch's OpenMP gives each calling
 thread its own team; loading on one thread and inferring on another measured YOLOv5s at 640 on 2 cores
@@ -34,6 +38,8 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.serialization import deserialize_message
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import SetBool
@@ -56,7 +62,6 @@ from revperception.ros.spin import run_node
 from revperception.runtime import ReversibleDetector
 
 NAME = "revperception"
-POLICY_PERIOD_S = 0.02  # how often hold expiry and the silence timeout are checked between messages
 
 
 # name -> (default, descriptor). `config/perception.yaml` mirrors this table (a test keeps them in step).
@@ -146,6 +151,7 @@ class PerceptionNode(LifecycleNode):
         self._lock = threading.Lock()  # policy and level seam, shared with the worker; never held during inference
         self._decision = Decision("", "start")
         self._frames: LatestFrame | None = None  # the latest frame for the inference worker, while active
+        self._policy_timer: Timer | None = None  # wakes the policy when a hold or the silence timeout ends
         self._window_start = time.monotonic()
         self._teardown: list[Callable[[], Any]] = []  # undoes on_activate
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")  # see the module docstring
@@ -212,22 +218,23 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().fatal(self._failure)
             return TransitionCallbackReturn.FAILURE
         if self.param("compressed"):
-            topic = self.resolve_topic_name("image") + "/compressed"  # image_transport's naming
-            images = self.create_subscription(CompressedImage, topic, self._on_frame, image_qos)
+            kind, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"  # image_transport's
         else:
-            images = self.create_subscription(Image, "image", self._on_frame, image_qos)
+            kind, topic = Image, "image"
+        frames = LatestFrame()
+        images = self.create_subscription(kind, topic, frames.put, image_qos, raw=True)
         anomaly = self.create_subscription(Bool, "anomaly", self._on_anomaly, qos.ANOMALY)
         force = self.create_service(SetBool, "~/force_full", self._on_force_full)
-        timers = [self.create_timer(POLICY_PERIOD_S, self._on_policy_timer),
-                  self.create_timer(1.0, self._publish_diagnostics)]
-        frames = LatestFrame()
-        worker = self._torch.submit(self._work, frames)
+        self._policy_timer = self.create_timer(1.0, self._on_policy_timer)  # re-armed by `_rearm`
+        timers = [self._policy_timer, self.create_timer(1.0, self._publish_diagnostics)]
+        worker = self._torch.submit(self._work, frames, kind)
         self._frames = frames
         self._teardown = [partial(self.destroy_subscription, images), partial(self.destroy_subscription, anomaly),
                           partial(self.destroy_service, force), *(partial(self.destroy_timer, t) for t in timers),
                           frames.close, worker.result]
         with self._lock:
             self._apply(self.policy.decide(), publish_always=True)
+            self._rearm()
         self.get_logger().info(f"active: {images.topic_name} -> {self._detections.topic_name}, level "
                                f"{self.detector.level}")
         return TransitionCallbackReturn.SUCCESS
@@ -252,7 +259,7 @@ class PerceptionNode(LifecycleNode):
         super().destroy_node()
 
     def _stop_processing(self) -> None:
-        teardown, self._teardown = self._teardown, []
+        teardown, self._teardown, self._policy_timer = self._teardown, [], None
         for undo in teardown:
             undo()
 
@@ -282,6 +289,8 @@ class PerceptionNode(LifecycleNode):
                     self.policy.clear_hold_s = p.value
                 elif self.policy is not None and p.name == "anomaly_timeout_s":
                     self.policy.timeout_s = p.value
+            if self._policy_timer is not None:
+                self._rearm()
 
     # -- the level seam -------------------------------------------------------------------------------
 
@@ -300,14 +309,27 @@ class PerceptionNode(LifecycleNode):
             self._mode.publish(String(data=decision.level))
         self._decision = decision
 
+    def _rearm(self) -> None:
+        """Wake the policy timer when the decision may next change on its own (a hold ends, the silence timeout),
+        not on a fixed poll: a 50 Hz poll cost 3-4 % of inference throughput (`revperception bench-node`).
+        Call on the executor with `_lock` held; frames need no wake-up (each one decides before it runs)."""
+        wait = self.policy.next_change()
+        if wait is None:
+            self._policy_timer.cancel()
+        else:
+            self._policy_timer.timer_period_ns = int(wait * 1e9) + 1_000_000  # just past the deadline
+            self._policy_timer.reset()
+
     def _on_anomaly(self, msg: Bool) -> None:
         with self._lock:
             self.stats.anomaly_messages += 1
             self._apply(self.policy.on_anomaly(msg.data))
+            self._rearm()
 
     def _on_force_full(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         with self._lock:
             self._apply(self.policy.force_full(request.data))
+            self._rearm()
             response.success = True
             response.message = f"level {self.detector.level} ({self._decision.reason})"
         return response
@@ -315,23 +337,25 @@ class PerceptionNode(LifecycleNode):
     def _on_policy_timer(self) -> None:
         with self._lock:
             self._apply(self.policy.decide())
+            self._rearm()
 
     # -- frames ---------------------------------------------------------------------------------------
 
-    def _on_frame(self, msg: Image | CompressedImage) -> None:
-        """Decode here, on the executor, while the worker runs the previous frame; bad input is counted."""
+    def _decode(self, raw: bytes, kind: type) -> tuple[Header, np.ndarray] | None:
+        """The frame in a serialized message, or None (counted, with a throttled warning) for bad input."""
         try:
-            frame = compressed_to_bgr(msg) if isinstance(msg, CompressedImage) else image_to_bgr(msg)
+            msg = deserialize_message(raw, kind)
+            return msg.header, compressed_to_bgr(msg) if kind is CompressedImage else image_to_bgr(msg)
         except ImageError as err:
             self.stats.bad_frames += 1
             self.get_logger().warning(f"skipped a frame: {err}", throttle_duration_sec=5.0)
-            return
-        self._frames.put((msg.header, frame))
+            return None
 
-    def _work(self, frames: LatestFrame) -> None:
-        while (item := frames.take()) is not None:
+    def _work(self, frames: LatestFrame, kind: type) -> None:
+        while (raw := frames.take()) is not None:
             try:
-                self._process(*item, frames.dropped)
+                if (frame := self._decode(raw, kind)) is not None:
+                    self._process(*frame, frames.dropped)
             except Exception as err:  # the node outlives any one frame
                 self.stats.errors += 1
                 self.get_logger().error(f"frame failed: {err!r}", throttle_duration_sec=5.0)
