@@ -1,9 +1,10 @@
 """Algorithm 1 of "Back to the Future", generalised to nested levels: fine-tune down, then fine-tune up.
 
-Down: each step prunes a further fraction of every group's original filters (lowest importance among
-the channels still alive), fine-tunes what remains with the pruned entries held at exactly zero, and
-evaluates; the run stops at the first step that breaks the stop rule and keeps the last passing one as
-`pruned`. Every channel remembers the step that pruned it, so the levels are nested by construction.
+Down: each step prunes further filters (lowest importance among the channels still alive), in every group
+alike or where they cost least (`offline/allocation.py`), fine-tunes what remains with the pruned entries
+held at exactly zero, keeping the epoch that validates best, and evaluates; the run stops at the first step
+that breaks the stop rule and keeps the last passing one as `pruned`. Every channel remembers the step that
+pruned it, so the levels are nested by construction.
 Up: level by level, the weights a larger level adds are regrown from the dense model and trained alone,
 every weight a smaller level uses frozen, so each level keeps the accuracy it had.
 A run saves its state after every step and level; `resume` continues from the last one.
