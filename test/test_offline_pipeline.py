@@ -100,11 +100,11 @@ def test_feature_distillation_compares_every_block_and_leaves_no_hooks_behind() 
     student = copy.deepcopy(teacher)
     images = torch.rand(2, 3, 64, 64)
     with_features = distillation(teacher, student, feature_weight=1.0)
-    assert float(with_features(student, images, {})) == 0.0, "a copy of the teacher is already distilled"
     with torch.no_grad():
+        assert float(with_features(student, images, {})) == 0.0, "a copy of the teacher is already distilled"
         student.model[1].bn.bias.add_(1.0)  # a backbone block: the head's outputs barely notice
-    outputs_only = float(distillation(teacher, student)(student, images, {}))
-    combined = float(with_features(student, images, {}))
+        outputs_only = float(distillation(teacher, student)(student, images, {}))
+        combined = float(with_features(student, images, {}))
     assert combined - outputs_only > 0.01, "the changed block's features were not compared"
     assert not any(m._forward_hooks for m in (*teacher.modules(), *student.modules())), "hooks were left behind"
 
