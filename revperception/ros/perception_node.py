@@ -8,8 +8,8 @@ latest frame (older unprocessed frames are dropped and counted), so anomaly mess
 service and the policy timer never wait behind an inference.
 
 Frames arrive as serialized bytes (a raw subscription) and only the frame the worker takes is
-deserialized and decoded: when the camera outpaces the model, dropped frames cost one copy, not a
-Python message and an image each (measured by `revperception bench-node`, see the README).
+deserialized and decoded: when the camera outpaces the model, a dropped frame costs one copy, not a
+Python message and an image.
 
 Every torch call (the checkpoint load too) runs on that one thread. torch's OpenMP gives each calling
 thread its own team; loading on one thread and inferring on another measured YOLOv5s at 640 on 2 cores
