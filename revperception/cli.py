@@ -205,7 +205,7 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
                        help="distill: from the dense model, label-free (default); detect: Ultralytics' loss")
     train.add_argument("--feature-weight", type=float, default=0.0,
                        help="distill: weight of every block's feature error beside the head outputs' (0: outputs only)")
-    train.add_argument("--lr", type=float, default=3e-5, help="Adam learning rate")
+    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (after a linear warm-up)")
     train.add_argument("--patience", type=int, default=3,
                        help="stop a step's or level's fine-tuning after this many epochs without a validation gain; "
                             "the best epoch (or the untrained weights) is kept")

@@ -10,7 +10,7 @@ from conftest import randomise_batchnorms
 from revperception.models import load_model
 from revperception.offline.allocation import SensitivityAllocation, used_parameters
 from revperception.offline.finetune import freeze_batchnorm
-from revperception.offline.losses import output_distance, raw_outputs
+from revperception.offline.losses import head_distance, raw_outputs
 from revperception.offline.masks import ChannelMasks
 from revperception.pruning import find_groups, rank_channels
 
@@ -36,7 +36,7 @@ def test_a_step_meets_its_budget_and_spares_the_group_that_matters() -> None:
         most parameters, so only their damage can keep the allocator away from them."""
         m.train()
         freeze_batchnorm(m)
-        return float(output_distance(m(images), target)) + 1e3 * int((critical_bn.weight == 0).sum())
+        return float(head_distance(m(images), target)) + 1e3 * int((critical_bn.weight == 0).sum())
 
     masks = ChannelMasks(model, groups)
     before = copy.deepcopy(model.state_dict())

@@ -16,7 +16,7 @@ from conftest import BIN, randomise_batchnorms, shared_path, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
 from revperception.offline.finetune import freeze_batchnorm
-from revperception.offline.losses import distillation
+from revperception.offline.losses import distillation, head_distance
 from revperception.offline.masks import ChannelMasks, trainable_only, with_values
 from revperception.offline.pipeline import NEVER, Pipeline, PruneConfig
 from revperception.pruning import FULL, PRUNED, find_groups
@@ -107,6 +107,35 @@ def test_feature_distillation_compares_every_block_and_leaves_no_hooks_behind() 
         combined = float(with_features(student, images, {}))
     assert combined - outputs_only > 0.01, "the changed block's features were not compared"
     assert not any(m._forward_hooks for m in (*teacher.modules(), *student.modules())), "hooks were left behind"
+
+
+@pytest.mark.parametrize("head", ["anchor", "anchor-free"])
+def test_distillation_ignores_background_logits_and_follows_objects(head: str) -> None:
+    """Boxes and classes count where the teacher sees an object, not in the background that no threshold sees."""
+    torch.manual_seed(0)
+    if head == "anchor":  # one scale of a release head: (batch, anchors, h, w, 4 box + objectness + 80 classes)
+        teacher = [torch.randn(1, 3, 4, 4, 85)]
+        teacher[0][..., 4] = -12.0
+        teacher[0][0, 0, 1, 1, 4] = 4.0  # one confident object
+        obj_cell, bg_cell = (0, 0, 1, 1, slice(5, None)), (0, 1, 2, 2, slice(5, None))
+
+        def output(t: list[torch.Tensor]) -> list[torch.Tensor]:
+            return t
+    else:  # Ultralytics: box distributions (batch, 4 x 16 bins, anchors) and class logits (batch, 80, anchors)
+        teacher = [torch.randn(1, 64, 16), torch.full((1, 80, 16), -12.0)]
+        teacher[1][0, 3, 5] = 4.0
+        obj_cell, bg_cell = (0, slice(0, 8), 5), (0, slice(0, 8), 9)  # half of one side's bins
+
+        def output(t: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"boxes": t[0], "scores": t[1]}
+
+    assert float(head_distance(output(teacher), teacher)) == 0.0
+    distances = {}
+    for name, cell in (("object", obj_cell), ("background", bg_cell)):
+        student = [t.clone() for t in teacher]
+        student[0][cell] += 3.0  # class logits (anchor) or box bins (anchor-free) of one cell move
+        distances[name] = float(head_distance(output(student), teacher))
+    assert distances["background"] < distances["object"] / 1000, distances
 
 
 def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ class SensitivityAllocation:
     """Picks, step by step, the channel blocks whose removal changes the outputs least per parameter freed.
 
     `distance(model)` is the damage measure: how far the model's outputs on a fixed calibration batch lie
-    from the dense model's (the distillation loss; no labels). Each candidate is scored by zeroing its block
-    in place and restoring it: no copy of the model.
+    from the dense model's (`head_distance`, the distillation's; no labels). Each candidate is scored by
+    zeroing its block in place and restoring it: no copy of the model.
     """
 
     def __init__(self, model: nn.Module, masks: ChannelMasks, distance: Callable[[nn.Module], float],

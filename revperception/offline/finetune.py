@@ -42,8 +42,9 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 def train_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss: Loss,
                 optimizer: torch.optim.Optimizer, *, device: torch.device, desc: str,
-                also: Sequence[tuple[float, Callable[[torch.Tensor], Any]]] = ()) -> float:
-    """One pass over `loader`; returns the mean loss.
+                also: Sequence[tuple[float, Callable[[torch.Tensor], Any]]] = (),
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> float:
+    """One pass over `loader`; returns the mean loss. `scheduler`, if given, steps after every batch.
 
     `also`: further (weight, forward) pairs whose weighted losses on the same batch join the model's own,
     e.g. the full architecture over the same shared weights while a pruned one is fine-tuned.
@@ -60,5 +61,7 @@ def train_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss: Los
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += float(value.detach())
     return total / max(1, len(loader))

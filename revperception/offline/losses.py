@@ -1,10 +1,12 @@
 """Fine-tuning losses: distillation from the dense teacher (default, label-free) or the detection loss.
 
-Distillation matches the head's raw training outputs of the student to those of the original dense
-model, the model the node reverts to. It needs no labels, so users can fine-tune on their own camera
-frames, and it works for every family, the anchor-based release head included. With a feature weight it
-also matches every block's output map (feature mimicking): on a few hundred images, a target for each
-block is far denser supervision than the head's outputs alone.
+Distillation matches the head's training outputs of the student to those of the original dense model, the
+model the node reverts to. It needs no labels, so users can fine-tune on their own camera frames, and it
+works for every family, the anchor-based release head included. It is objectness-scaled (`head_distance`):
+confidence is matched everywhere, boxes and classes only where the teacher sees an object, in proportion to
+its confidence. Plain squared error on the raw outputs spends the fine-tune on background logits that no
+threshold ever sees (YOLOv5n's objectness logits sit near -12), and on 96 COCO images did not lift a pruned
+YOLOv5n at all. With a feature weight it also matches every block's output map (feature mimicking).
 
 A loss runs the forward pass itself (`loss(forward, images, batch)`), so it can observe the blocks.
 """
@@ -36,9 +38,52 @@ def raw_outputs(out: Any) -> list[torch.Tensor]:
     return [t for t in out if isinstance(t, torch.Tensor)]
 
 
-def output_distance(out: Any, target: list[torch.Tensor]) -> torch.Tensor:
-    """Mean squared error between a model's raw head outputs and the teacher's (`raw_outputs` of them)."""
-    return sum(F.mse_loss(s, t) for s, t in zip(raw_outputs(out), target, strict=True))
+def _bernoulli_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(teacher || student) between Bernoulli distributions given as logits: zero where they agree."""
+    p = teacher.sigmoid()
+    return (F.binary_cross_entropy_with_logits(student, p, reduction="none")
+            - F.binary_cross_entropy_with_logits(teacher, p, reduction="none"))
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (weight * values).sum() / weight.sum().clamp_min(1e-6)
+
+
+# Box errors in the anchor head's sigmoid space are about a tenth of the confidence divergences; this gain is
+# the one measured (YOLOv5n, 30 % sparsity, 96 COCO images: mAP50 0.37 -> 0.44 in 30 epochs).
+BOX_GAIN = 10.0
+
+
+def head_distance(out: Any, target: list[torch.Tensor]) -> torch.Tensor:
+    """Objectness-scaled distillation distance between a head's training outputs and the teacher's.
+
+    Anchor head (per scale: ..., 4 box + objectness + classes): objectness divergence over every cell; class
+    divergence and box error (sigmoid space) weighted by the teacher's objectness. Ultralytics' anchor-free head
+    (box distributions, class logits): class divergence over every cell, the box distributions' divergence
+    weighted by the teacher's highest class confidence.
+    """
+    student = raw_outputs(out)
+    if isinstance(out, dict):
+        (s_box, s_cls), (t_box, t_cls) = student, target
+        weight = t_cls.sigmoid().amax(1, keepdim=True)  # (B, 1, anchors)
+        cls = _bernoulli_kl(s_cls, t_cls).sum(1).mean()
+        b, channels, n = s_box.shape
+        if channels == 4:  # one bin per side: plain regression
+            box = _weighted_mean((s_box - t_box).pow(2), weight)
+        else:
+            s_dist = s_box.view(b, 4, -1, n).log_softmax(2)
+            t_dist = t_box.view(b, 4, -1, n).log_softmax(2)
+            kl = F.kl_div(s_dist, t_dist, log_target=True, reduction="none").sum(2)  # (B, 4, anchors)
+            box = _weighted_mean(kl, weight)
+        return cls + box
+    total = torch.zeros((), device=student[0].device)
+    for s, t in zip(student, target, strict=True):
+        weight = t[..., 4:5].sigmoid()
+        obj = _bernoulli_kl(s[..., 4], t[..., 4]).mean()
+        cls = _weighted_mean(_bernoulli_kl(s[..., 5:], t[..., 5:]), weight)
+        box = _weighted_mean((s[..., :4].sigmoid() - t[..., :4].sigmoid()).pow(2), weight)
+        total = total + obj + cls + BOX_GAIN * box
+    return total
 
 
 @contextmanager
@@ -62,8 +107,8 @@ def feature_distance(maps: list[torch.Tensor], target: list[torch.Tensor]) -> to
 
 
 def distillation(teacher: nn.Module, student: nn.Module, feature_weight: float = 0.0) -> Loss:
-    """Mean squared error between student and teacher raw head outputs on the same images, plus
-    `feature_weight` x the blocks' relative feature error.
+    """`head_distance` between student and teacher outputs on the same images, plus `feature_weight` x the
+    blocks' relative feature error.
 
     The teacher's outputs for the latest batch are kept: a step that trains two architectures on one batch
     (the pruned and the full one) runs the teacher once.
@@ -75,10 +120,10 @@ def distillation(teacher: nn.Module, student: nn.Module, feature_weight: float =
             with torch.no_grad(), block_outputs(teacher) as maps:
                 latest.update(images=images, target=raw_outputs(teacher(images)), maps=maps)
         if not feature_weight:
-            return output_distance(forward(images), latest["target"])
+            return head_distance(forward(images), latest["target"])
         with block_outputs(student) as maps:
             out = forward(images)
-        return output_distance(out, latest["target"]) + feature_weight * feature_distance(maps, latest["maps"])
+        return head_distance(out, latest["target"]) + feature_weight * feature_distance(maps, latest["maps"])
 
     return loss
 

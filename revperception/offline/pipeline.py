@@ -30,13 +30,14 @@ from revperception.models import load_model
 from revperception.offline.allocation import ALLOCATIONS, SensitivityAllocation, uniform_targets, used_parameters
 from revperception.offline.evaluate import evaluate
 from revperception.offline.finetune import freeze_batchnorm, train_epoch, train_loader
-from revperception.offline.losses import make_loss, output_distance, raw_outputs
+from revperception.offline.losses import head_distance, make_loss, raw_outputs
 from revperception.offline.masks import ChannelMasks, trainable_only, with_values
 from revperception.offline.report import plot_report, write_report
 from revperception.pruning import FULL, PRUNED, Levels, find_groups, permute_to_prefix, rank_channels
 from revperception.pruning.prune import PrunedModel
 
 NEVER = 1 << 30  # the "pruned at step" of a channel that was never pruned
+WARMUP_EPOCHS = 2  # fine-tuning warms its learning rate up linearly over this many epochs
 
 
 @dataclass
@@ -63,7 +64,7 @@ class PruneConfig:
     patience: int = 3  # stop fine-tuning a step or level after this many epochs without a validation gain
     loss: str = "distill"
     feature_weight: float = 0.0  # distill: weight of the blocks' feature error beside the head's outputs
-    lr: float = 3e-5
+    lr: float = 1e-4
     ranking: str = "l1"
     round_to: int = 16
     device: str = "cpu"
@@ -149,9 +150,13 @@ class Pipeline:
                   after_epoch: Any = None, also: tuple = ()) -> None:
         with trainable_only(self.model, masks) as params:
             optimizer = torch.optim.Adam(params, lr=self.cfg.lr)  # no weight decay: frozen entries stay put
+            # A linear warm-up: Adam's first full-size steps on freshly pruned weights knock mAP50 down before
+            # it recovers (YOLOv5n at 30 %: 0.37 -> 0.31 at lr 1e-4); warmed up, it rises from the first epoch.
+            warmup = max(1, min(WARMUP_EPOCHS, epochs) * len(self.loader))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
             for epoch in range(epochs):
                 train_epoch(self.model, self.loader, self.loss, optimizer, device=self.device,
-                            desc=f"{desc} epoch {epoch + 1}/{epochs}", also=also)
+                            desc=f"{desc} epoch {epoch + 1}/{epochs}", also=also, scheduler=scheduler)
                 if after_epoch is not None and after_epoch(epoch):
                     return
 
@@ -205,7 +210,7 @@ class Pipeline:
         def distance(model: nn.Module) -> float:
             model.train()
             freeze_batchnorm(model)
-            return float(output_distance(model(images), target))
+            return float(head_distance(model(images), target))
 
         return SensitivityAllocation(self.model, self.masks, distance, self.cfg.round_to)
 
