@@ -15,7 +15,7 @@ import torch
 from conftest import BIN, randomise_batchnorms, shared_path, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
-from revperception.offline.finetune import freeze_batchnorm
+from revperception.offline.finetune import freeze_batchnorm, linear_warmup
 from revperception.offline.losses import distillation, head_distance
 from revperception.offline.masks import ChannelMasks, trainable_only, with_values
 from revperception.offline.pipeline import NEVER, Pipeline, PruneConfig
@@ -136,6 +136,17 @@ def test_distillation_ignores_background_logits_and_follows_objects(head: str) -
         student[0][cell] += 3.0  # class logits (anchor) or box bins (anchor-free) of one cell move
         distances[name] = float(head_distance(output(student), teacher))
     assert distances["background"] < distances["object"] / 1000, distances
+
+
+def test_learning_rate_warms_up_linearly_then_holds() -> None:
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler = linear_warmup(optimizer, 4)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
 
 
 def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path) -> None:

@@ -40,6 +40,16 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def linear_warmup(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Ramp the learning rate linearly up to its set value over `steps` batches, then hold it.
+
+    Adam's first full-size steps on freshly pruned weights knock mAP50 down before it recovers (YOLOv5n at
+    30 %: 0.37 -> 0.31 at lr 1e-4); warmed up over two epochs, it rises from the first epoch.
+    """
+    steps = max(1, steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / steps))
+
+
 def train_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, loss: Loss,
                 optimizer: torch.optim.Optimizer, *, device: torch.device, desc: str,
                 also: Sequence[tuple[float, Callable[[torch.Tensor], Any]]] = (),
