@@ -62,4 +62,5 @@ def test_bench_node_measures_reversion_over_dds(checkpoint: Path, tmp_path: Path
     result = json.loads(out.read_text())
     assert result["trials"] == 3 and result["revert_worst_ms"] >= result["revert_median_ms"] > 0
     assert result["node_fps_pruned"] > 0 and result["reload_median_ms"] > 0
+    assert len(result["throughput_rounds"]) == 5 and result["throughput_ratio"] > 0
     assert "anomaly -> first full-level detections" in proc.stdout

@@ -7,9 +7,9 @@ where the level changes is `_apply`. Inference runs on its own worker thread, wh
 latest frame (older unprocessed frames are dropped and counted), so anomaly messages, the force-full
 service and the policy timer never wait behind an inference.
 
-Frames arrive as serialized bytes (a raw subscription) and only the frame the worker takes is
-deserialized and decoded: when the camera outpaces the model, a dropped frame costs one copy, not a
-Python message and an image.
+The worker pulls frames itself (`LatestFrame`): the executor never wakes for a camera frame, and only the
+newest waiting frame is deserialized and decoded; when the camera outpaces the model, a dropped frame costs
+one copy, not a Python message, an image and an executor turn.
 
 Every torch call (the checkpoint load too) runs on that one thread. torch's OpenMP gives each calling
 thread its own team; loading on one thread and inferring on another measured YOLOv5s at 640 on 2 cores
@@ -57,6 +57,7 @@ from revperception.ros.conversions import (
     image_to_bgr,
     to_detection2d_array,
 )
+from revperception.ros.latest_frame import LatestFrame
 from revperception.ros.parameters import describe
 from revperception.ros.spin import run_node
 from revperception.runtime import ReversibleDetector
@@ -90,35 +91,6 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
 
 class StartError(RuntimeError):
     """The node could not configure or activate; the message says why."""
-
-
-class LatestFrame:
-    """A one-message mailbox: a new frame replaces an unprocessed one, which is counted as dropped."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Condition()
-        self._msg: Any = None
-        self._closed = False
-        self.dropped = 0
-
-    def put(self, msg: Any) -> None:
-        with self._ready:
-            if self._msg is not None:
-                self.dropped += 1
-            self._msg = msg
-            self._ready.notify()
-
-    def take(self) -> Any:
-        """The latest frame, waiting for one; None once closed."""
-        with self._ready:
-            self._ready.wait_for(lambda: self._msg is not None or self._closed)
-            msg, self._msg = self._msg, None
-            return None if self._closed else msg
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
 
 
 @dataclass
@@ -221,21 +193,19 @@ class PerceptionNode(LifecycleNode):
             kind, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"  # image_transport's
         else:
             kind, topic = Image, "image"
-        frames = LatestFrame()
-        images = self.create_subscription(kind, topic, frames.put, image_qos, raw=True)
+        frames = LatestFrame(self, kind, topic, image_qos)
         anomaly = self.create_subscription(Bool, "anomaly", self._on_anomaly, qos.ANOMALY)
         force = self.create_service(SetBool, "~/force_full", self._on_force_full)
         self._policy_timer = self.create_timer(1.0, self._on_policy_timer)  # re-armed by `_rearm`
         timers = [self._policy_timer, self.create_timer(1.0, self._publish_diagnostics)]
         worker = self._torch.submit(self._work, frames, kind)
         self._frames = frames
-        self._teardown = [partial(self.destroy_subscription, images), partial(self.destroy_subscription, anomaly),
-                          partial(self.destroy_service, force), *(partial(self.destroy_timer, t) for t in timers),
-                          frames.close, worker.result]
+        self._teardown = [frames.close, worker.result, frames.destroy, partial(self.destroy_subscription, anomaly),
+                          partial(self.destroy_service, force), *(partial(self.destroy_timer, t) for t in timers)]
         with self._lock:
             self._apply(self.policy.decide(), publish_always=True)
             self._rearm()
-        self.get_logger().info(f"active: {images.topic_name} -> {self._detections.topic_name}, level "
+        self.get_logger().info(f"active: {frames.topic_name} -> {self._detections.topic_name}, level "
                                f"{self.detector.level}")
         return TransitionCallbackReturn.SUCCESS
 
