@@ -192,7 +192,8 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
                            "groups whose next channels change the outputs least per parameter (label-free)")
     down.add_argument("--calibration", type=int, default=32, help="sensitivity: images each candidate is scored on")
     down.add_argument("--full-weight", type=float, default=0.0,
-                      help="weight of the full architecture's loss while fine-tuning down (0: the paper's method)")
+                      help="weight of the full architecture's loss beside a smaller level's, fine-tuning down and "
+                           "growing intermediate levels (0: the paper's method)")
     down.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
     down.add_argument("--max-drop", type=float, default=0.1, help="stop rule: relative mAP50 drop from dense")
     down.add_argument("--min-map", type=float, help="stop rule: absolute mAP50 floor")

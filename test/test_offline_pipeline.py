@@ -149,10 +149,11 @@ def test_learning_rate_warms_up_linearly_then_holds() -> None:
     assert rates == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
 
 
-def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("full_weight", [0.0, 1.0])  # 1: level1 also trains through the full architecture
+def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path, full_weight: float) -> None:
     cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "n.rvp.safetensors"), imgsz=64,
                       batch=4, step=0.25, max_fraction=0.5, min_map=0.0, levels=2, up_epochs=1, round_to=8,
-                      lr=1e-3)
+                      lr=1e-3, full_weight=full_weight)
     pipeline = Pipeline(cfg)
     pipeline.report["dense"] = pipeline._evaluate(pipeline.model)
     pipeline.fine_tune_down()

@@ -53,7 +53,7 @@ class PruneConfig:
     step: float = 0.05  # uniform: further fraction of every group's filters per step; sensitivity: of parameters
     allocation: str = "uniform"  # which groups a step prunes: "uniform" (the paper) or "sensitivity"
     calibration: int = 32  # sensitivity: images the output damage of each candidate is measured on
-    full_weight: float = 0.0  # down: weight of the full architecture's loss beside the pruned one's (0: paper)
+    full_weight: float = 0.0  # weight of the full architecture's loss beside a smaller level's (0: the paper)
     max_fraction: float = 0.9
     max_drop: float = 0.1  # stop rule: relative mAP50 drop from the dense model
     min_map: float | None = None  # stop rule: absolute mAP50 floor
@@ -299,8 +299,11 @@ class Pipeline:
             old, new = self.masks.parameter_masks(smaller), self.masks.parameter_masks(larger)
             grow = {p: new[p] & ~old[p] for p in new}
             start_metrics = self._regrow_best(name, grow, old, teacher)
+            also = ()
+            if cfg.full_weight > 0 and name != FULL:  # an intermediate level's new weights are the full level's too
+                also = ((cfg.full_weight, with_values(self.model, new, teacher)),)
             result = self._train_best(grow, cfg.up_epochs, f"grow {name}", start=start_metrics, level=name,
-                                      enough=target if name == FULL else None)
+                                      enough=target if name == FULL else None, also=also)
             report["up"].append({"level": name, "epoch": "final", **result})
             self._save_state("up", index + 1)
 
