@@ -29,6 +29,7 @@ def _prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig(
         weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
         step=args.step, allocation=args.allocation, calibration=args.calibration, full_weight=args.full_weight,
+        recalibrate=args.recalibrate,
         max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
         levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, patience=args.patience, loss=args.loss,
         feature_weight=args.feature_weight, lr=args.lr,
@@ -194,6 +195,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--full-weight", type=float, default=0.0,
                       help="weight of the full architecture's loss beside a smaller level's, fine-tuning down and "
                            "growing intermediate levels (0: the paper's method)")
+    down.add_argument("--recalibrate", action="store_true",
+                      help="correct each step's BatchNorm shift against the dense model before fine-tuning, when "
+                           "that validates better (label-free)")
     down.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
     down.add_argument("--max-drop", type=float, default=0.1, help="stop rule: relative mAP50 drop from dense")
     down.add_argument("--min-map", type=float, help="stop rule: absolute mAP50 floor")

@@ -15,7 +15,7 @@ import torch
 from conftest import BIN, randomise_batchnorms, shared_path, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
-from revperception.offline.finetune import freeze_batchnorm, linear_warmup
+from revperception.offline.finetune import freeze_batchnorm, linear_warmup, recalibrate_batchnorm
 from revperception.offline.losses import distillation, head_distance
 from revperception.offline.masks import ChannelMasks, trainable_only, with_values
 from revperception.offline.pipeline import NEVER, Pipeline, PruneConfig
@@ -149,6 +149,52 @@ def test_learning_rate_warms_up_linearly_then_holds() -> None:
     assert rates == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
 
 
+def _conv_bn_batches(seed: int = 0) -> tuple[torch.nn.Sequential, list[dict[str, torch.Tensor]]]:
+    """A conv + BatchNorm whose stored statistics are exactly those of its inputs over the batches."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].bias.uniform_(-1.0, 1.0)
+    batches = [{"img": torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)} for _ in range(4)]
+    model[1].momentum = None
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch["img"].float() / 255)
+    model[1].momentum = 0.1
+    return model.eval(), batches
+
+
+def test_batchnorm_recalibration_leaves_an_unpruned_model_exactly_as_it_was() -> None:
+    reference, batches = _conv_bn_batches()
+    model = copy.deepcopy(reference)
+    recalibrate_batchnorm(model, reference, batches, torch.device("cpu"))
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not model.training and model[1].momentum == 0.1
+
+
+def test_batchnorm_recalibration_restores_the_normalised_outputs_after_pruning() -> None:
+    reference, batches = _conv_bn_batches()
+    images = torch.cat([b["img"] for b in batches]).float() / 255
+    pruned = copy.deepcopy(reference)
+    with torch.no_grad():
+        pruned[0].weight[:, 0] = 0  # input channel 0 pruned: every filter's output statistics move
+        bn = reference[1]
+
+        def moments(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+            out = model(images).transpose(0, 1).flatten(1)
+            return out.mean(1), out.std(1)
+
+        assert not torch.allclose(moments(pruned)[0], bn.bias, atol=1e-2), "pruning should shift the outputs"
+        recalibrate_batchnorm(pruned, reference, batches, torch.device("cpu"))
+        mean, std = moments(pruned)
+        torch.testing.assert_close(mean, bn.bias, atol=1e-4, rtol=0)  # as the reference's own outputs are
+        torch.testing.assert_close(std, bn.weight, atol=0, rtol=1e-3)
+        assert torch.equal(pruned[1].running_mean, bn.running_mean), "statistics are left as stored"
+
+
 @pytest.mark.parametrize("full_weight", [0.0, 1.0])  # 1: level1 also trains through the full architecture
 def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path, full_weight: float) -> None:
     cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "n.rvp.safetensors"), imgsz=64,
@@ -196,7 +242,7 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     proc = subprocess.run([str(BIN / "revperception"), "prune", "--weights", "yolov5n.yaml", "--data", str(data),
                            "--out", str(out), "--imgsz", "64", "--batch", "4", "--step", "0.25", "--min-map", "0",
                            "--levels", "2", "--up-epochs", "1", "--round-to", "8", "--allocation", "sensitivity",
-                           "--full-weight", "1", "--calibration", "4"],
+                           "--full-weight", "1", "--calibration", "4", "--recalibrate"],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pruned = load_reversible(out)
@@ -208,6 +254,8 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     assert {"map50", "map50_no_finetune", "param_sparsity"} <= set(report["steps"][0])
     for step in report["steps"]:  # sensitivity allocation: each step frees its share of the parameters
         assert step["target"] <= step["param_sparsity"] < step["target"] + 0.05
+        # the step starts from the better of pruned-only and BatchNorm-corrected, and only improves from there
+        assert step["map50"] >= max(step["map50_pruned_only"], step["map50_recalibrated"])
     assert set(report["levels"]) == {PRUNED, "level1", FULL}
     for png in ("n_map_vs_sparsity.png", "n_latency_vs_sparsity.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
