@@ -29,10 +29,10 @@ def _prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig(
         weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
         step=args.step, allocation=args.allocation, calibration=args.calibration, full_weight=args.full_weight,
-        recalibrate=args.recalibrate,
+        recalibrate=args.recalibrate, reconstruct=args.reconstruct,
         max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
         levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, patience=args.patience, loss=args.loss,
-        feature_weight=args.feature_weight, lr=args.lr,
+        feature_weight=args.feature_weight, lr=args.lr, ema=args.ema,
         ranking=args.ranking, round_to=args.round_to, device=args.device, workers=args.workers,
     )
     try:
@@ -198,6 +198,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--recalibrate", action="store_true",
                       help="correct each step's BatchNorm shift against the dense model before fine-tuning, when "
                            "that validates better (label-free)")
+    down.add_argument("--reconstruct", action="store_true",
+                      help="refit each step's remaining weights by least squares so every conv gives back the dense "
+                           "model's output, before fine-tuning, when that validates better (label-free)")
     down.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
     down.add_argument("--max-drop", type=float, default=0.1, help="stop rule: relative mAP50 drop from dense")
     down.add_argument("--min-map", type=float, help="stop rule: absolute mAP50 floor")
@@ -211,6 +214,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--feature-weight", type=float, default=0.0,
                        help="distill: weight of every block's feature error beside the head outputs' (0: outputs only)")
     train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (after a linear warm-up)")
+    train.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                       help="judge and keep each epoch by a moving average of the weights with this decay per "
+                            "batch, e.g. 0.97 (0: off)")
     train.add_argument("--patience", type=int, default=3,
                        help="stop a step's or level's fine-tuning after this many epochs without a validation gain; "
                             "the best epoch (or the untrained weights) is kept")

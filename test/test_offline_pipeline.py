@@ -15,7 +15,7 @@ import torch
 from conftest import BIN, randomise_batchnorms, shared_path, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
-from revperception.offline.finetune import freeze_batchnorm, linear_warmup, recalibrate_batchnorm
+from revperception.offline.finetune import WeightAverage, freeze_batchnorm, linear_warmup, recalibrate_batchnorm
 from revperception.offline.losses import distillation, head_distance
 from revperception.offline.masks import ChannelMasks, trainable_only, with_values
 from revperception.offline.pipeline import NEVER, Pipeline, PruneConfig
@@ -57,6 +57,40 @@ def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
         else:
             assert torch.equal(p, before[name]), f"{name} moved while frozen"
     assert [p.requires_grad for p in model.parameters()] == flags, "trainable_only must restore requires_grad"
+
+
+def test_the_weight_average_holds_pruned_and_frozen_entries_and_gives_the_model_back() -> None:
+    torch.manual_seed(0)
+    model = load_model("yolov5n.yaml").model
+    groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
+    masks = ChannelMasks(model, groups)
+    keep = [torch.arange(g.size) < g.size // 2 for g in groups]
+    masks.zero_pruned(keep)
+    used = masks.parameter_masks(keep)
+    first = next(p for p in used if p.dim() == 4)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    average = WeightAverage(model, decay=0.9, warmup=1)
+    model.train()
+    with trainable_only(model, {first: used[first]}) as params:
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(4):
+            out = model(torch.rand(2, 3, 64, 64))
+            optimizer.zero_grad()
+            sum(t.float().pow(2).mean() for t in (out["boxes"], out["scores"])).backward()
+            optimizer.step()
+            average.update()
+    trained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with average.applied():
+        for name, p in model.named_parameters():
+            if p is first:
+                live = used[p].expand_as(p)
+                assert not p[~live].any(), "a pruned entry of the average moved off zero"
+                assert not torch.equal(p[live], start[name][live]), "the average did not follow training"
+                assert not torch.equal(p[live], trained[name][live]), "the average is just the latest weights"
+            else:
+                assert torch.equal(p, start[name]), f"the average of frozen {name} is not bit-identical"
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trained[name]), f"{name} was not given back after the averaged evaluation"
 
 
 def test_the_full_architecture_trains_beside_a_pruned_level_without_moving_its_own_weights() -> None:
@@ -195,11 +229,13 @@ def test_batchnorm_recalibration_restores_the_normalised_outputs_after_pruning()
         assert torch.equal(pruned[1].running_mean, bn.running_mean), "statistics are left as stored"
 
 
-@pytest.mark.parametrize("full_weight", [0.0, 1.0])  # 1: level1 also trains through the full architecture
-def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path, full_weight: float) -> None:
+# full_weight 1: level1 also trains through the full architecture; ema: epochs judged and kept by the average
+@pytest.mark.parametrize(("full_weight", "ema"), [(0.0, 0.0), (1.0, 0.0), (1.0, 0.9)])
+def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path, full_weight: float,
+                                                         ema: float) -> None:
     cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "n.rvp.safetensors"), imgsz=64,
                       batch=4, step=0.25, max_fraction=0.5, min_map=0.0, levels=2, up_epochs=1, round_to=8,
-                      lr=1e-3, full_weight=full_weight)
+                      lr=1e-3, full_weight=full_weight, ema=ema)
     pipeline = Pipeline(cfg)
     pipeline.report["dense"] = pipeline._evaluate(pipeline.model)
     pipeline.fine_tune_down()
@@ -242,7 +278,8 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     proc = subprocess.run([str(BIN / "revperception"), "prune", "--weights", "yolov5n.yaml", "--data", str(data),
                            "--out", str(out), "--imgsz", "64", "--batch", "4", "--step", "0.25", "--min-map", "0",
                            "--levels", "2", "--up-epochs", "1", "--round-to", "8", "--allocation", "sensitivity",
-                           "--full-weight", "1", "--calibration", "4", "--recalibrate"],
+                           "--full-weight", "1", "--calibration", "4", "--recalibrate", "--reconstruct",
+                           "--ema", "0.9"],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pruned = load_reversible(out)
@@ -254,8 +291,8 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     assert {"map50", "map50_no_finetune", "param_sparsity"} <= set(report["steps"][0])
     for step in report["steps"]:  # sensitivity allocation: each step frees its share of the parameters
         assert step["target"] <= step["param_sparsity"] < step["target"] + 0.05
-        # the step starts from the better of pruned-only and BatchNorm-corrected, and only improves from there
-        assert step["map50"] >= max(step["map50_pruned_only"], step["map50_recalibrated"])
+        # the step starts from the best of pruned-only, BatchNorm-corrected and refitted, and only improves from there
+        assert step["map50"] >= max(step["map50_pruned_only"], step["map50_recalibrated"], step["map50_reconstructed"])
     assert set(report["levels"]) == {PRUNED, "level1", FULL}
     for png in ("n_map_vs_sparsity.png", "n_latency_vs_sparsity.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
