@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,14 @@ def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: P
     assert torch.equal(up[PRUNED], down[PRUNED]), "growing level1 and full changed the pruned level"
     assert not torch.equal(up[FULL], down[FULL]), "full was not grown"
     assert all(int((d < NEVER).sum()) < len(d) for d in pipeline.drop), "a group lost every channel"
+
+
+def test_a_seed_draws_the_same_augmented_batches(data: Path, tmp_path: Path) -> None:
+    cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "n.rvp.safetensors"), imgsz=64,
+                      batch=4)
+    first, again, other = (next(iter(Pipeline(c).loader))["img"] for c in (cfg, cfg, replace(cfg, seed=1)))
+    assert torch.equal(first, again), "the same seed augmented the images differently"
+    assert not torch.equal(first, other)
 
 
 def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm import tqdm
+from ultralytics.utils.torch_utils import init_seeds
 
 from revperception.bench import level_latencies, measure_levels
 from revperception.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_reversible
@@ -95,7 +96,7 @@ class Pipeline:
         if cfg.allocation not in ALLOCATIONS:
             raise ValueError(f"unknown allocation {cfg.allocation!r}; choose from {', '.join(ALLOCATIONS)}")
         self.cfg = cfg
-        torch.manual_seed(cfg.seed)
+        init_seeds(cfg.seed)  # python's and numpy's generators too: Ultralytics' augmentations draw from them
         self.device = torch.device(cfg.device)
         self.loaded = load_model(cfg.weights)
         self.model = self.loaded.model.to(self.device)
