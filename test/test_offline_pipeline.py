@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def data(tmp_path_factory) -> Path:
     return synthetic_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
-def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
+def _half_pruned() -> tuple[torch.nn.Module, dict[torch.nn.Parameter, torch.Tensor], torch.nn.Parameter]:
+    """A YOLOv5n with half of every group's channels pruned, its parameter masks and its first conv weight."""
     torch.manual_seed(0)
     model = load_model("yolov5n.yaml").model
     groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
@@ -36,20 +38,30 @@ def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
     keep = [torch.arange(g.size) < g.size // 2 for g in groups]
     masks.zero_pruned(keep)
     used = masks.parameter_masks(keep)
+    return model, used, next(p for p in used if p.dim() == 4)
+
+
+def _train(model: torch.nn.Module, masks: dict[torch.nn.Parameter, torch.Tensor], steps: int,
+           after_step: Callable[[], None] = lambda: None) -> None:
+    """A few Adam steps on random images, only the entries `masks` marks trainable."""
+    model.train()
+    with trainable_only(model, masks) as params:
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(steps):
+            out = model(torch.rand(2, 3, 64, 64))
+            optimizer.zero_grad()
+            sum(t.float().pow(2).mean() for t in (out["boxes"], out["scores"])).backward()
+            optimizer.step()
+            after_step()
+
+
+def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
+    model, used, first = _half_pruned()
     grow = {p: m & ~m for p, m in used.items()}  # nothing may move ...
-    first = next(p for p in used if p.dim() == 4)
     grow[first] = used[first]  # ... except the live entries of one conv weight
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     flags = [p.requires_grad for p in model.parameters()]
-    model.train()
-    with trainable_only(model, grow) as params:
-        optimizer = torch.optim.Adam(params, lr=1e-2)
-        for _ in range(3):
-            out = model(torch.rand(2, 3, 64, 64))
-            loss = sum(t.float().pow(2).mean() for t in (out["boxes"], out["scores"]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    _train(model, grow, 3)
     for name, p in model.named_parameters():
         if p is first:
             pruned = ~used[p].expand_as(p)
@@ -61,25 +73,10 @@ def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
 
 
 def test_the_weight_average_holds_pruned_and_frozen_entries_and_gives_the_model_back() -> None:
-    torch.manual_seed(0)
-    model = load_model("yolov5n.yaml").model
-    groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
-    masks = ChannelMasks(model, groups)
-    keep = [torch.arange(g.size) < g.size // 2 for g in groups]
-    masks.zero_pruned(keep)
-    used = masks.parameter_masks(keep)
-    first = next(p for p in used if p.dim() == 4)
+    model, used, first = _half_pruned()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     average = WeightAverage(model, decay=0.9, warmup=1)
-    model.train()
-    with trainable_only(model, {first: used[first]}) as params:
-        optimizer = torch.optim.Adam(params, lr=1e-2)
-        for _ in range(4):
-            out = model(torch.rand(2, 3, 64, 64))
-            optimizer.zero_grad()
-            sum(t.float().pow(2).mean() for t in (out["boxes"], out["scores"])).backward()
-            optimizer.step()
-            average.update()
+    _train(model, {first: used[first]}, 4, after_step=average.update)
     trained = {name: p.detach().clone() for name, p in model.named_parameters()}
     with average.applied():
         for name, p in model.named_parameters():
