@@ -29,11 +29,11 @@ def _prune(args: argparse.Namespace) -> int:
     cfg = PruneConfig(
         weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
         step=args.step, allocation=args.allocation, calibration=args.calibration, full_weight=args.full_weight,
-        recalibrate=args.recalibrate, reconstruct=args.reconstruct,
+        cotrain=args.cotrain, recalibrate=args.recalibrate, reconstruct=args.reconstruct,
         max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
         levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, patience=args.patience, loss=args.loss,
         feature_weight=args.feature_weight, lr=args.lr, ema=args.ema,
-        ranking=args.ranking, round_to=args.round_to, device=args.device, workers=args.workers,
+        ranking=args.ranking, round_to=args.round_to, device=args.device, workers=args.workers, seed=args.seed,
     )
     try:
         report = run_pipeline(cfg, resume=args.resume)
@@ -195,6 +195,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--full-weight", type=float, default=0.0,
                       help="weight of the full architecture's loss beside a smaller level's, fine-tuning down and "
                            "growing intermediate levels (0: the paper's method)")
+    down.add_argument("--cotrain", action="store_true",
+                      help="with --full-weight: train the full level's own weights (the entries a level prunes) "
+                           "through that loss too, and regrow them to those values rather than the dense ones")
     down.add_argument("--recalibrate", action="store_true",
                       help="correct each step's BatchNorm shift against the dense model before fine-tuning, when "
                            "that validates better (label-free)")
@@ -221,6 +224,8 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
                        help="stop a step's or level's fine-tuning after this many epochs without a validation gain; "
                             "the best epoch (or the untrained weights) is kept")
     train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seeds torch's, numpy's and python's generators: the same seed draws the same batches")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last step")

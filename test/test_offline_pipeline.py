@@ -75,7 +75,7 @@ def test_masked_training_holds_pruned_and_frozen_entries_exactly() -> None:
 def test_the_weight_average_holds_pruned_and_frozen_entries_and_gives_the_model_back() -> None:
     model, used, first = _half_pruned()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
-    average = WeightAverage(model, decay=0.9, warmup=1)
+    average = WeightAverage(model.parameters(), decay=0.9, warmup=1)
     _train(model, {first: used[first]}, 4, after_step=average.update)
     trained = {name: p.detach().clone() for name, p in model.named_parameters()}
     with average.applied():
@@ -227,13 +227,15 @@ def test_batchnorm_recalibration_restores_the_normalised_outputs_after_pruning()
         assert torch.equal(pruned[1].running_mean, bn.running_mean), "statistics are left as stored"
 
 
-# full_weight 1: level1 also trains through the full architecture; ema: epochs judged and kept by the average
-@pytest.mark.parametrize(("full_weight", "ema"), [(0.0, 0.0), (1.0, 0.0), (1.0, 0.9)])
+# full_weight 1: level1 also trains through the full architecture; ema: epochs judged and kept by the average;
+# cotrain: the full level's own values train beside them
+@pytest.mark.parametrize(("full_weight", "ema", "cotrain"),
+                         [(0.0, 0.0, False), (1.0, 0.0, False), (1.0, 0.9, False), (1.0, 0.9, True)])
 def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: Path, full_weight: float,
-                                                         ema: float) -> None:
+                                                         ema: float, cotrain: bool) -> None:
     cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "n.rvp.safetensors"), imgsz=64,
                       batch=4, step=0.25, max_fraction=0.5, min_map=0.0, levels=2, up_epochs=1, round_to=8,
-                      lr=1e-3, full_weight=full_weight, ema=ema)
+                      lr=1e-3, full_weight=full_weight, ema=ema, cotrain=cotrain)
     pipeline = Pipeline(cfg)
     pipeline.report["dense"] = pipeline._evaluate(pipeline.model)
     pipeline.fine_tune_down()
@@ -254,8 +256,7 @@ def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: P
     steps = pipeline.report["level_steps"]
     old = pipeline.masks.parameter_masks(pipeline._alive(steps[PRUNED]))
     new = pipeline.masks.parameter_masks(pipeline._alive(steps["level1"]))
-    pipeline._regrow({p: new[p] & ~old[p] for p in new}, old, dict(pipeline.teacher.named_parameters()),
-                     zero_links=True)
+    pipeline._regrow({p: new[p] & ~old[p] for p in new}, old, zero_links=True)
     assert any(p[(new[p] & ~old[p]).expand_as(p)].abs().sum() > 0 for p in new), "nothing was regrown"
     level1 = copy.deepcopy(pipeline.model).eval()
     ChannelMasks(level1, pipeline.groups).zero_pruned(pipeline._alive(steps["level1"]))
@@ -269,6 +270,36 @@ def test_growing_up_leaves_every_smaller_level_unchanged(data: Path, tmp_path: P
     assert torch.equal(up[PRUNED], down[PRUNED]), "growing level1 and full changed the pruned level"
     assert not torch.equal(up[FULL], down[FULL]), "full was not grown"
     assert all(int((d < NEVER).sum()) < len(d) for d in pipeline.drop), "a group lost every channel"
+
+
+def test_cotraining_moves_only_the_full_levels_own_values_and_growing_and_resuming_start_from_them(
+        data: Path, tmp_path: Path) -> None:
+    cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "c.rvp.safetensors"), imgsz=64,
+                      batch=4, step=0.25, max_fraction=0.25, min_map=0.0, round_to=8, lr=1e-3, full_weight=1.0,
+                      cotrain=True, ema=0.9)
+    pipeline = Pipeline(cfg)
+    pipeline.report["dense"] = pipeline._evaluate(pipeline.model)
+    pipeline.fine_tune_down()
+    dense = dict(pipeline.teacher.named_parameters())
+    used = pipeline.masks.parameter_masks(pipeline._alive(pipeline.report["level_steps"][PRUNED]))
+    moved = False
+    for name, p in pipeline.model.named_parameters():
+        values = pipeline.full_values[name]
+        shared = used[p].expand_as(p) if p in used else torch.ones_like(p, dtype=torch.bool)
+        assert torch.equal(values[shared], dense[name][shared]), f"{name}: a value the pruned level uses moved"
+        moved |= not torch.equal(values[~shared], dense[name][~shared])
+    assert moved, "the full level's own values did not train"
+    resumed = Pipeline(cfg)
+    resumed._load_state()
+    assert all(torch.equal(resumed.full_values[n], v) for n, v in pipeline.full_values.items()), "not resumed"
+    # Regrown to its own values, the full level computes what the down phase trained through its loss.
+    x = torch.rand(1, 3, 64, 64)
+    pipeline.model.eval()
+    with torch.no_grad():
+        trained = with_values(pipeline.model, used, pipeline.full_values)(x)[0]
+        full = pipeline.masks.parameter_masks(pipeline._alive(0))
+        pipeline._regrow({p: full[p] & ~used[p] for p in full}, used, zero_links=False)
+        assert torch.equal(pipeline.model(x)[0], trained)
 
 
 def test_a_seed_draws_the_same_augmented_batches(data: Path, tmp_path: Path) -> None:
@@ -285,7 +316,7 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
                            "--out", str(out), "--imgsz", "64", "--batch", "4", "--step", "0.25", "--min-map", "0",
                            "--levels", "2", "--up-epochs", "1", "--round-to", "8", "--allocation", "sensitivity",
                            "--full-weight", "1", "--calibration", "4", "--recalibrate", "--reconstruct",
-                           "--ema", "0.9"],
+                           "--ema", "0.9", "--cotrain", "--seed", "3"],
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pruned = load_reversible(out)
@@ -294,6 +325,7 @@ def test_prune_cli_writes_a_nested_checkpoint_report_and_plots(data: Path, tmp_p
     assert keeps[0] != keeps[-1]  # nesting itself is enforced by Levels on load
     report = json.loads((tmp_path / "n.report.json").read_text())
     assert [s["step"] for s in report["steps"]][:2] == [1, 2]
+    assert report["settings"]["seed"] == 3
     assert {"map50", "map50_no_finetune", "param_sparsity"} <= set(report["steps"][0])
     for step in report["steps"]:  # sensitivity allocation: each step frees its share of the parameters
         assert step["target"] <= step["param_sparsity"] < step["target"] + 0.05

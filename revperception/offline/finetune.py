@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ def linear_warmup(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.l
 
 
 class WeightAverage:
-    """An exponential moving average of a model's parameters: the weights a fine-tune evaluates and keeps.
+    """An exponential moving average of the tensors a fine-tune trains: the weights it evaluates and keeps.
 
     On a hundred images each optimiser step is noisy and a step's best epoch is picked on 32 more; the
     average smooths the noise out of the weights being judged. It is updated with `lerp`, which leaves an
@@ -98,8 +98,8 @@ class WeightAverage:
     ramps up over `warmup` updates, as Ultralytics' ModelEMA does, so the first steps are not averaged away.
     """
 
-    def __init__(self, model: nn.Module, decay: float, warmup: int) -> None:
-        self.params = list(model.parameters())
+    def __init__(self, params: Iterable[torch.Tensor], decay: float, warmup: int) -> None:
+        self.params = list(params)
         self.average = [p.detach().clone() for p in self.params]
         self.decay, self.warmup, self.updates = decay, max(1, warmup), 0
 
@@ -112,7 +112,7 @@ class WeightAverage:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """Within the block, the model holds the averaged weights; its own come back after."""
+        """Within the block, the tensors hold their averages; their own values come back after."""
         with torch.no_grad():
             own = [p.detach().clone() for p in self.params]
             for p, average in zip(self.params, self.average, strict=True):

@@ -5,8 +5,9 @@ alike or where they cost least (`offline/allocation.py`), fine-tunes what remain
 held at exactly zero, keeping the epoch that validates best, and evaluates; the run stops at the first step
 that breaks the stop rule and keeps the last passing one as `pruned`. Every channel remembers the step that
 pruned it, so the levels are nested by construction.
-Up: level by level, the weights a larger level adds are regrown from the dense model and trained alone,
-every weight a smaller level uses frozen, so each level keeps the accuracy it had.
+Up: level by level, the weights a larger level adds are regrown to the full level's own values (the dense
+ones, or with `--cotrain` those trained through the full-architecture term while fine-tuning down) and
+trained alone, every weight a smaller level uses frozen, so each level keeps the accuracy it had.
 A run saves its state after every step and level; `resume` continues from the last one.
 """
 
@@ -47,6 +48,7 @@ from revperception.pruning import FULL, PRUNED, Levels, find_groups, permute_to_
 from revperception.pruning.prune import PrunedModel
 
 NEVER = 1 << 30  # the "pruned at step" of a channel that was never pruned
+OWN = "full_values."  # prefix of the full level's own values in the saved state
 WARMUP_EPOCHS = 2  # fine-tuning warms its learning rate up linearly over this many epochs
 
 
@@ -64,6 +66,7 @@ class PruneConfig:
     allocation: str = "uniform"  # which groups a step prunes: "uniform" (the paper) or "sensitivity"
     calibration: int = 32  # sensitivity: images the output damage of each candidate is measured on
     full_weight: float = 0.0  # weight of the full architecture's loss beside a smaller level's (0: the paper)
+    cotrain: bool = False  # train the full level's own values (the entries a level prunes) through that loss too
     recalibrate: bool = False  # down: correct each step's BatchNorm shift before fine-tuning, if that validates better
     reconstruct: bool = False  # down: refit each step's weights to the dense outputs first, if that validates better
     max_fraction: float = 0.9
@@ -95,6 +98,8 @@ class Pipeline:
     def __init__(self, cfg: PruneConfig) -> None:
         if cfg.allocation not in ALLOCATIONS:
             raise ValueError(f"unknown allocation {cfg.allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+        if cfg.cotrain and cfg.full_weight <= 0:
+            raise ValueError("--cotrain trains through the full architecture's loss: give it a --full-weight above 0")
         self.cfg = cfg
         init_seeds(cfg.seed)  # python's and numpy's generators too: Ultralytics' augmentations draw from them
         self.device = torch.device(cfg.device)
@@ -112,6 +117,10 @@ class Pipeline:
                                    workers=cfg.workers)
         self.work = _work_dir(cfg.out)
         self.drop = [torch.full((g.size,), NEVER, dtype=torch.long) for g in self.groups]
+        # The full level's values for every entry: the pruned model holds zeros where a level prunes, the full
+        # architecture reads these there (the dense ones unless co-trained), and growing gives them back.
+        self.full_values = {name: p.detach().clone().requires_grad_(cfg.cotrain)
+                            for name, p in self.teacher.named_parameters()}
         self.allocator: SensitivityAllocation | None = None  # made on first use: it draws calibration images
         self.report: dict[str, Any] = {"settings": asdict(cfg), "steps": [], "up": [], "levels": {},
                                        "reference": None, "timing": {}}
@@ -122,7 +131,8 @@ class Pipeline:
         self.work.mkdir(parents=True, exist_ok=True)
         meta = {"phase": phase, "next_level": next_level, "report": self.report,
                 "drop": [d.tolist() for d in self.drop]}
-        save_checkpoint(self.work / "state.rvp.safetensors", self.model.state_dict(), meta)
+        tensors = {**self.model.state_dict(), **{OWN + n: v.detach() for n, v in self.full_values.items()}}
+        save_checkpoint(self.work / "state.rvp.safetensors", tensors, meta)
 
     def _load_state(self) -> tuple[str, int]:
         path = self.work / "state.rvp.safetensors"
@@ -132,14 +142,26 @@ class Pipeline:
             raise CheckpointError(f"cannot resume: {err}") from err
         meta = state.metadata
         keys = ("weights", "data", "imgsz", "step", "allocation", "round_to", "levels", "loss", "feature_weight",
-                "full_weight", "recalibrate", "reconstruct")
+                "full_weight", "cotrain", "recalibrate", "reconstruct")
         changed = [k for k in keys if meta["report"]["settings"].get(k) != asdict(self.cfg)[k]]
         if changed:
             raise ValueError(f"cannot resume {path}: it was made with different {', '.join(changed)}")
-        self.model.load_state_dict(state.tensors)
+        self._restore(({k: v for k, v in state.tensors.items() if not k.startswith(OWN)},
+                       {k.removeprefix(OWN): v for k, v in state.tensors.items() if k.startswith(OWN)}))
         self.drop = [torch.tensor(d, dtype=torch.long) for d in meta["drop"]]
         self.report = meta["report"]
         return meta["phase"], int(meta["next_level"])
+
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Everything fine-tuning moves: the model's weights and the full level's own values."""
+        return copy.deepcopy(self.model.state_dict()), {n: v.detach().clone() for n, v in self.full_values.items()}
+
+    @torch.no_grad()
+    def _restore(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]) -> None:
+        state, values = snapshot
+        self.model.load_state_dict(state)
+        for name, value in values.items():
+            self.full_values[name].copy_(value)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -159,10 +181,16 @@ class Pipeline:
             return self.report["reference"]["map50"]
         return dense_map50 * (1 - cfg.max_drop)
 
+    def _cotrained(self, also: tuple) -> list[torch.Tensor]:
+        """The full level's own values, when they train beside the model: with `--cotrain`, wherever the full
+        architecture's loss is used. Its gradient reaches only their entries outside the level being trained."""
+        return list(self.full_values.values()) if also and self.cfg.cotrain else []
+
     def _optimise(self, masks: dict[nn.Parameter, torch.Tensor], epochs: int, desc: str, *,
                   after_epoch: Any = None, also: tuple = (), average: WeightAverage | None = None) -> None:
         with trainable_only(self.model, masks) as params:
-            optimizer = torch.optim.Adam(params, lr=self.cfg.lr)  # no weight decay: frozen entries stay put
+            # no weight decay: frozen entries, and the values no gradient reaches, stay put
+            optimizer = torch.optim.Adam(params + self._cotrained(also), lr=self.cfg.lr)
             scheduler = linear_warmup(optimizer, min(WARMUP_EPOCHS, epochs) * len(self.loader))
             for epoch in range(epochs):
                 train_epoch(self.model, self.loader, self.loss, optimizer, device=self.device,
@@ -181,23 +209,25 @@ class Pipeline:
         sparsity: +0.06 mAP50 after 5 epochs, +0.03 after 10), so an epoch that does not help is not kept.
         `level` logs every epoch's result in the report's `up` list. Returns the kept epoch's metrics.
         With `--ema`, an epoch is judged, and kept, by the moving average of the weights (`WeightAverage`).
+        Co-trained full values are averaged and kept with the epoch they trained in.
         """
         best = {"metrics": start or self._evaluate(self.model), "epoch": 0, "state": None}
-        average = WeightAverage(self.model, self.cfg.ema, len(self.loader)) if self.cfg.ema else None
+        trained = [*self.model.parameters(), *self._cotrained(also)]
+        average = WeightAverage(trained, self.cfg.ema, len(self.loader)) if self.cfg.ema else None
         judged = average.applied if average is not None else contextlib.nullcontext
 
         def check(epoch: int) -> bool:
             with judged():
                 result = self._evaluate(self.model)
                 if result["map50"] >= best["metrics"]["map50"]:
-                    best.update(metrics=result, epoch=epoch + 1, state=copy.deepcopy(self.model.state_dict()))
+                    best.update(metrics=result, epoch=epoch + 1, state=self._snapshot())
             if level is not None:
                 self.report["up"].append({"level": level, "epoch": epoch + 1, **result})
             return (enough is not None and result["map50"] >= enough) or epoch + 1 - best["epoch"] >= self.cfg.patience
 
-        initial = copy.deepcopy(self.model.state_dict())
+        initial = self._snapshot()
         self._optimise(masks, epochs, desc, after_epoch=check, also=also, average=average)
-        self.model.load_state_dict(best["state"] or initial)
+        self._restore(best["state"] or initial)
         return {**best["metrics"], "best_epoch": best["epoch"]}
 
     def _importance_orders(self) -> list[torch.Tensor]:
@@ -288,7 +318,6 @@ class Pipeline:
         threshold = self._threshold(report["dense"]["map50"])
         step = len(report["steps"])
         fraction = report["steps"][-1]["target"] if report["steps"] else 0.0
-        dense = dict(self.teacher.named_parameters())
         progress = tqdm(desc="fine-tune down", unit="step", initial=step)
         while round(fraction + cfg.step, 6) <= cfg.max_fraction:
             fraction = round(fraction + cfg.step, 6)
@@ -305,7 +334,7 @@ class Pipeline:
             self.masks.zero_pruned(keep)
             masks = self.masks.parameter_masks(keep)
             start, corrections = self._start(masks)
-            also = ((cfg.full_weight, with_values(self.model, masks, dense)),) if cfg.full_weight > 0 else ()
+            also = ((cfg.full_weight, with_values(self.model, masks, self.full_values)),) if cfg.full_weight > 0 else ()
             result = self._train_best(masks, cfg.epochs, f"step {step} ({fraction:.0%})", also=also,
                                       start=start)
             pruned_filters = sum(int((~k).sum()) for k in keep) / sum(g.size for g in self.groups)
@@ -342,38 +371,37 @@ class Pipeline:
         cfg, report = self.cfg, self.report
         names = list(report["level_steps"])
         steps = [report["level_steps"][n] for n in names]
-        teacher = dict(self.teacher.named_parameters())
         target = report["dense"]["map50"] - cfg.up_tol
         for index in range(max(start, 1), len(names)):
             name, smaller, larger = names[index], self._alive(steps[index - 1]), self._alive(steps[index])
             old, new = self.masks.parameter_masks(smaller), self.masks.parameter_masks(larger)
             grow = {p: new[p] & ~old[p] for p in new}
-            start_metrics = self._regrow_best(name, grow, old, teacher)
+            start_metrics = self._regrow_best(name, grow, old)
             also = ()
             if cfg.full_weight > 0 and name != FULL:  # an intermediate level's new weights are the full level's too
-                also = ((cfg.full_weight, with_values(self.model, new, teacher)),)
+                also = ((cfg.full_weight, with_values(self.model, new, self.full_values)),)
             result = self._train_best(grow, cfg.up_epochs, f"grow {name}", start=start_metrics, level=name,
                                       enough=target if name == FULL else None, also=also)
             report["up"].append({"level": name, "epoch": "final", **result})
             self._save_state("up", index + 1)
 
     @torch.no_grad()
-    def _regrow(self, grow: dict[nn.Parameter, torch.Tensor], old: dict[nn.Parameter, torch.Tensor],
-                teacher: dict[str, nn.Parameter], *, zero_links: bool) -> None:
-        """Give a level's new weights back their dense values; with `zero_links`, links from the new channels
-        into filters the smaller level already has start at zero instead, so the larger level starts out
-        computing exactly what the smaller one does."""
+    def _regrow(self, grow: dict[nn.Parameter, torch.Tensor], old: dict[nn.Parameter, torch.Tensor], *,
+                zero_links: bool) -> None:
+        """Give a level's new weights back the full level's values; with `zero_links`, links from the new
+        channels into filters the smaller level already has start at zero instead, so the larger level starts
+        out computing exactly what the smaller one does."""
         for name, p in self.model.named_parameters():
             if p not in grow:
                 continue
             mask = grow[p].to(p.device).expand_as(p)
-            p[mask] = teacher[name][mask]
+            p[mask] = self.full_values[name][mask]
             if zero_links and p.dim() == 4:  # rows (filters) the smaller level already has
                 existing_rows = old[p].flatten(1).any(1).to(p.device)
                 p[mask & existing_rows.view(-1, 1, 1, 1)] = 0
 
     def _regrow_best(self, level: str, grow: dict[nn.Parameter, torch.Tensor],
-                     old: dict[nn.Parameter, torch.Tensor], teacher: dict[str, nn.Parameter]) -> dict[str, float]:
+                     old: dict[nn.Parameter, torch.Tensor]) -> dict[str, float]:
         """Start growing from whichever regrowth scores better on validation.
 
         Dense values next to fine-tuned weights can land below the smaller level (seen on YOLOv5n: full 0.458
@@ -382,12 +410,12 @@ class Pipeline:
         """
         results = {}
         for zero_links in (False, True):
-            self._regrow(grow, old, teacher, zero_links=zero_links)
+            self._regrow(grow, old, zero_links=zero_links)
             results[zero_links] = self._evaluate(self.model)
         best = max(results, key=lambda z: results[z]["map50"])
-        self._regrow(grow, old, teacher, zero_links=best)
-        self.report["up"].append({"level": level, "epoch": 0, "init": "zero links" if best else "dense values",
-                                  "map50_dense_values": results[False]["map50"],
+        self._regrow(grow, old, zero_links=best)
+        self.report["up"].append({"level": level, "epoch": 0, "init": "zero links" if best else "full values",
+                                  "map50_full_values": results[False]["map50"],
                                   "map50_zero_links": results[True]["map50"]})
         return results[best]
 
