@@ -95,8 +95,9 @@ def with_values(model: nn.Module, masks: dict[nn.Parameter, torch.Tensor],
     """`model` run with the entries outside `masks` read from `values` instead of its own parameters.
 
     While the model holds a pruned level (zeros outside the masks), this runs the full architecture over
-    the same shared weights, the pruned entries taking the dense model's values; gradients reach only the
-    entries inside the masks, so training through it moves nothing a level does not share.
+    the same shared weights, the pruned entries taking `values` (the full level's own); gradients reach only
+    the model's entries inside the masks, so training through it moves nothing a level does not share, and,
+    where `values` require them, only their entries outside.
     """
     names = {p: name for name, p in model.named_parameters()}
 
