@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -431,3 +432,24 @@ def test_detection_loss_trains_on_labels(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="anchor-free"):
         Pipeline(PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(data), out=str(tmp_path / "x"),
                              loss="detect"))
+
+
+def test_distillation_fine_tunes_on_unlabelled_frames_and_the_detection_loss_refuses_them(data: Path,
+                                                                                         tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    shutil.copytree(data.parent, frames)
+    shutil.rmtree(frames / "labels" / "train")  # a user's own camera frames: images only; validation stays labelled
+    (frames / "data.yaml").write_text(data.read_text().replace(str(data.parent), str(frames)))
+    cfg = PruneConfig(weights="yolov5n.yaml", data=str(frames / "data.yaml"), out=str(tmp_path / "u.rvp.safetensors"),
+                      imgsz=64, batch=4, lr=1e-3)
+    pipeline = Pipeline(cfg)
+    assert all(batch["cls"].numel() == 0 for batch in pipeline.loader), "the training frames carry no labels"
+    keep = pipeline.masks.full()
+    keep[0][-1] = False  # one pruned filter: the student now differs from its teacher, so the loss has gradients
+    pipeline.masks.zero_pruned(keep)
+    before = copy.deepcopy(pipeline.model.state_dict())
+    pipeline._optimise(pipeline.masks.parameter_masks(keep), 1, "frames")
+    after = pipeline.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    with pytest.raises(ValueError, match="No labels found"):
+        Pipeline(replace(cfg, loss="detect"))

@@ -23,11 +23,27 @@ from revperception.offline.losses import Loss
 _HYP = {"mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0}
 
 
+class FramesDataset(CachelessDataset):
+    """Training images whose labels may be missing altogether, as a user's own camera frames are.
+
+    Ultralytics refuses a training split without a single label (its losses need them) and only warns for an
+    unlabelled validation split; distillation learns from the teacher, so the scan runs as for the latter.
+    """
+
+    def cache_labels(self, path: Path = Path("./labels.cache")) -> dict:
+        augment, self.augment = self.augment, False  # read by the scan alone, to choose between error and warning
+        try:
+            return super().cache_labels(path)
+        finally:
+            self.augment = augment
+
+
 def train_loader(data: str | Path, *, imgsz: int, batch: int, stride: int = 32, workers: int = 0,
-                 split: str = "train") -> torch.utils.data.DataLoader:
-    """Shuffled, augmented batches of the `split` images (labels optional: distillation needs none)."""
+                 split: str = "train", labels: bool = True) -> torch.utils.data.DataLoader:
+    """Shuffled, augmented batches of the `split` images; with `labels` False (distillation), the images may
+    have no labels at all."""
     cfg, paths = read_data(data, split)
-    dataset = CachelessDataset(
+    dataset = (CachelessDataset if labels else FramesDataset)(
         img_path=paths, imgsz=imgsz, batch_size=batch, augment=True, hyp=get_cfg(DEFAULT_CFG, _HYP), rect=False,
         stride=stride, pad=0.0, prefix=colorstr(f"{split}: "), task="detect", data=cfg,
     )

@@ -114,7 +114,7 @@ class Pipeline:
         self.dense_orders = rank_channels(self.tp_groups, "l1" if cfg.ranking == "taylor" else cfg.ranking)
         self.loss = make_loss(cfg.loss, self.model, self.teacher, cfg.feature_weight)
         self.loader = train_loader(cfg.data, imgsz=cfg.imgsz, batch=cfg.batch, stride=self.loaded.stride,
-                                   workers=cfg.workers)
+                                   workers=cfg.workers, labels=cfg.loss == "detect")
         self.work = _work_dir(cfg.out)
         self.drop = [torch.full((g.size,), NEVER, dtype=torch.long) for g in self.groups]
         # The full level's values for every entry: the pruned model holds zeros where a level prunes, the full
