@@ -420,15 +420,19 @@ def test_fine_tuning_that_lowers_validation_map_is_not_kept(coco_subset: Path, t
     assert all(torch.equal(before[k], after[k]) for k in before), "the harmful epoch's weights were kept"
 
 
+def _an_epoch_moves_weights(pipeline: Pipeline, keep: list[torch.Tensor]) -> bool:
+    """Whether one fine-tuning epoch of the architecture `keep` changes any weight."""
+    before = copy.deepcopy(pipeline.model.state_dict())
+    pipeline._optimise(pipeline.masks.parameter_masks(keep), 1, "one epoch")
+    after = pipeline.model.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
 def test_detection_loss_trains_on_labels(data: Path, tmp_path: Path) -> None:
     cfg = PruneConfig(weights="yolov5n.yaml", data=str(data), out=str(tmp_path / "d.rvp.safetensors"), imgsz=64,
                       batch=4, loss="detect", lr=1e-3)
     pipeline = Pipeline(cfg)
-    keep = pipeline.masks.full()
-    before = copy.deepcopy(pipeline.model.state_dict())
-    pipeline._optimise(pipeline.masks.parameter_masks(keep), 1, "detect")
-    after = pipeline.model.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    assert _an_epoch_moves_weights(pipeline, pipeline.masks.full())
     with pytest.raises(ValueError, match="anchor-free"):
         Pipeline(PruneConfig(weights=str(shared_path("models/yolov5n.pt")), data=str(data), out=str(tmp_path / "x"),
                              loss="detect"))
@@ -447,9 +451,6 @@ def test_distillation_fine_tunes_on_unlabelled_frames_and_the_detection_loss_ref
     keep = pipeline.masks.full()
     keep[0][-1] = False  # one pruned filter: the student now differs from its teacher, so the loss has gradients
     pipeline.masks.zero_pruned(keep)
-    before = copy.deepcopy(pipeline.model.state_dict())
-    pipeline._optimise(pipeline.masks.parameter_masks(keep), 1, "frames")
-    after = pipeline.model.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    assert _an_epoch_moves_weights(pipeline, keep)
     with pytest.raises(ValueError, match="No labels found"):
         Pipeline(replace(cfg, loss="detect"))
