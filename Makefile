@@ -9,7 +9,7 @@ SETUP_INPUTS := requirements.txt requirements-ros.txt constraints.txt setup.py s
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo demo-model test lint clean
+.PHONY: setup demo demo-model prune-real test lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,20 @@ demo: setup
 # The demo checkpoint from nothing: synthetic scenes, YOLOv5n trained by Ultralytics, then `revperception prune`.
 demo-model: setup
 	$(VENV)/bin/python -m revperception.tools.demo_model --out models/demo-yolov5n.rvp.safetensors
+
+# The real-data recipe (docs in the README): YOLOv5n release pruned on ../shared's COCO images, judged on a
+# test split no choice sees, beside the dense model's resolution front. Writes OUT, its report and plot.
+SHARED ?= ../shared
+OUT ?= runs/real/yolov5n.rvp.safetensors
+SPLIT = $(dir $(OUT))split
+PRUNE_REAL_ARGS ?= --sparsity 0.26 --level-imgsz 416 --allocation params --round-to 8 --epochs 10 --patience 3
+prune-real: setup
+	@test -f $(SHARED)/models/yolov5n.pt || { echo "prune-real: $(SHARED)/models/yolov5n.pt is absent"; exit 2; }
+	$(VENV)/bin/revperception split --out $(SPLIT) --val 0.25 --test 0.25 \
+		--data $(SHARED)/data/coco128-train/data.yaml --data $(SHARED)/data/coco-extra/data.yaml \
+		--unlabelled $(SHARED)/data/coco-extra/images/unlabelled --unlabelled $(SHARED)/data/drive-udacity/images
+	$(VENV)/bin/revperception prune --weights $(SHARED)/models/yolov5n.pt --data $(SPLIT)/data.yaml --out $(OUT) \
+		$(PRUNE_REAL_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

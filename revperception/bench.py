@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from revperception.checkpoint import SUFFIX, atomic_write_text, load_reversible
+from revperception.checkpoint import SUFFIX, load_reversible
+from revperception.io import atomic_write_text
 from revperception.models import build_model, load_model
 from revperception.pruning import FULL, PRUNED, encode_full, encode_level
 from revperception.pruning.prune import PrunedModel, prune_to_levels
@@ -50,32 +51,49 @@ def _flops(model: ReversibleModel, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms of each callable over `repeats` rounds that run every callable once in turn, so the machine's
+    drift weighs on each alike; one untimed round first (oneDNN builds its kernels once per shape)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(repeats + 1):
+        for name, fn in runs.items():
+            elapsed = _median_ms(fn, 1)
+            if repeat:
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def level_sizes(pruned: PrunedModel, imgsz: int | None = None) -> dict[str, int]:
+    """Each level's input size: its own (or the checkpoint's), or `imgsz` for all when given."""
+    return {name: imgsz or pruned.levels.size(name, pruned.imgsz) for name in pruned.levels.names}
+
+
 @torch.inference_mode()
 def measure_levels(pruned: PrunedModel, imgsz: int | None = None) -> dict[str, dict[str, int]]:
-    """Parameters and FLOPs (batch 1, square input) each level runs; measured on a copy of the model."""
+    """Parameters and FLOPs (batch 1, square input) each level runs at its input size (or `imgsz`); measured on
+    a copy of the model."""
     model = ReversibleModel(copy.deepcopy(pruned.model), pruned.groups, pruned.levels, fuse=False,
-                            channels_last=False)
-    x = torch.zeros(1, 3, imgsz or pruned.imgsz, imgsz or pruned.imgsz)
+                            channels_last=False, private=pruned.private)
     stats = {}
-    for level in pruned.levels.names:
+    for level, size in level_sizes(pruned, imgsz).items():
         model.set_level(level)
-        stats[level] = {"params": model.parameter_count(level), "flops": _flops(model, x)}
+        stats[level] = {"params": model.parameter_count(level), "flops": _flops(model, torch.zeros(1, 3, size, size)),
+                        "imgsz": size}
     return stats
 
 
 @torch.inference_mode()
 def level_latencies(pruned: PrunedModel, imgsz: int | None = None, runs: int = 5) -> dict[str, float]:
-    """Median CPU latency (ms, batch 1, square input) of each level, interleaved, on a copy of the model."""
-    model = ReversibleModel(copy.deepcopy(pruned.model).cpu(), pruned.groups, pruned.levels, start_level=FULL)
-    x = torch.rand(1, 3, imgsz or pruned.imgsz, imgsz or pruned.imgsz)
-    times: dict[str, list[float]] = {name: [] for name in pruned.levels.names}
-    for repeat in range(runs + 1):
-        for name in pruned.levels.names:
-            model.set_level(name)
-            elapsed = _median_ms(lambda: model(x), 1)
-            if repeat:  # the first round builds oneDNN kernels for each shape
-                times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median CPU latency (ms, batch 1, square input) of each level at its input size (or `imgsz`), interleaved,
+    on a copy of the model."""
+    model = ReversibleModel(copy.deepcopy(pruned.model).cpu(), pruned.groups, pruned.levels, start_level=FULL,
+                            private=pruned.private)
+
+    def level(name: str, size: int) -> Callable[[], object]:
+        x, index = torch.rand(1, 3, size, size), pruned.levels.index(name)
+        return lambda: model.run(x, index)
+
+    return time_interleaved({name: level(name, size) for name, size in level_sizes(pruned, imgsz).items()}, runs)
 
 
 def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
@@ -91,41 +109,40 @@ def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
         return _median_ms(load, repeats)
 
 
-def run_bench(source: str, *, sparsity: float = 0.36, imgsz: int = 640, switches: int = 200, loads: int = 5,
-              runs: int = 10) -> dict[str, Any]:
-    """Measure a checkpoint, or a model pruned on the fly (no fine-tuning) to `sparsity` of its filters."""
+def run_bench(source: str, *, sparsity: float = 0.36, imgsz: int | None = None, switches: int = 200,
+              loads: int = 5, runs: int = 10) -> dict[str, Any]:
+    """Measure a checkpoint, or a model pruned on the fly (no fine-tuning) to `sparsity` of its filters.
+
+    Every level runs at its own input size unless `imgsz` is given (then all run at it)."""
     if source.endswith(SUFFIX):
         pruned = load_reversible(source)
     else:
-        pruned = prune_to_levels(load_model(source), [sparsity], imgsz=imgsz)
+        pruned = prune_to_levels(load_model(source), [sparsity], imgsz=imgsz or 640)
     with torch.inference_mode():
         return _measure(pruned, source=source, sparsity=sparsity, imgsz=imgsz, switches=switches, loads=loads,
                         runs=runs)
 
 
-def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int, switches: int, loads: int,
+def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int | None, switches: int, loads: int,
              runs: int) -> dict[str, Any]:
     disk_load_ms = _disk_load_ms(pruned, loads)
     stats = measure_levels(pruned, imgsz)
+    sizes = level_sizes(pruned, imgsz)
     dense = build_model(pruned.arch)
     dense.load_state_dict(pruned.model.state_dict())
     fuse_batchnorms(dense)
     dense = dense.to(memory_format=torch.channels_last)  # the same kernels the reversible model runs
     # Last: the reversible model takes over pruned.model (fuses and slices it in place).
-    model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, fuse=True, start_level=FULL)
-    x = torch.rand(1, 3, imgsz, imgsz)
+    model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, fuse=True, start_level=FULL,
+                            private=pruned.private)
 
-    for level in (FULL, PRUNED):
-        model.set_level(level)
-        model(x)  # warm-up: oneDNN builds its kernels once per shape
-    x_dense = x.contiguous(memory_format=torch.channels_last)
-    dense(x_dense)
-    full_ms, pruned_ms, dense_ms = [], [], []
-    for _ in range(runs):  # interleaved, so both levels see the same machine state
-        for level, sink in ((FULL, full_ms), (PRUNED, pruned_ms)):
-            model.set_level(level)
-            sink.append(_median_ms(lambda: model(x), 1))
-        dense_ms.append(_median_ms(lambda: dense(x_dense), 1))
+    def level(name: str) -> Callable[[], object]:
+        x, index = torch.rand(1, 3, sizes[name], sizes[name]), pruned.levels.index(name)
+        return lambda: model.run(x, index)
+
+    x_dense = torch.rand(1, 3, sizes[FULL], sizes[FULL]).contiguous(memory_format=torch.channels_last)
+    latency = time_interleaved({**{name: level(name) for name in pruned.levels.names},
+                                "dense": lambda: dense(x_dense)}, runs)
 
     swap_ns = []
     for i in range(switches):
@@ -138,14 +155,14 @@ def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int, s
     encodings.update({name: len(encode_level(pruned.groups, pruned.levels.keep[name]))
                       for name in pruned.levels.names if name != FULL})
     swap_ms = statistics.median(swap_ns) / 1e6
-    infer_full = statistics.median(full_ms)
-    infer_pruned = statistics.median(pruned_ms)
+    infer_full, infer_pruned = latency[FULL], latency[PRUNED]
+    per_level = {name: {**stats[name], "latency_ms": latency[name]} for name in pruned.levels.names}
     return {
-        "source": source, "imgsz": imgsz, "levels": list(pruned.levels.names),
+        "source": source, "imgsz": sizes[FULL], "levels": list(pruned.levels.names), "per_level": per_level,
         "filter_fraction": pruned.info.get("filter_fractions", [sparsity])[0],
         "swap_ms": swap_ms, "swap_max_ms": max(swap_ns) / 1e6, "disk_load_ms": disk_load_ms,
         "swap_speedup_vs_disk": disk_load_ms / swap_ms,
-        "infer_full_ms": infer_full, "infer_pruned_ms": infer_pruned, "infer_dense_ms": statistics.median(dense_ms),
+        "infer_full_ms": infer_full, "infer_pruned_ms": infer_pruned, "infer_dense_ms": latency["dense"],
         "swap_fraction_of_full_inference": swap_ms / infer_full,
         "latency_ratio": infer_pruned / infer_full,
         "params_full": stats[FULL]["params"], "params_pruned": stats[PRUNED]["params"],
@@ -176,6 +193,9 @@ def format_table(result: dict[str, Any]) -> str:
         ("resident / dense bytes", f"{result['resident_bytes']:,} / {result['dense_bytes']:,} "
                                    f"({result['resident_ratio']:.3f}x)"),
     ]
+    for name, level in result["per_level"].items():
+        rows.append((f"level {name}", f"{level['imgsz']} px, {level['latency_ms']:.1f} ms, "
+                                      f"{level['flops'] / 1e9:.2f} GFLOPs, {level['params']:,} params"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

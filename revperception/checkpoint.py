@@ -10,7 +10,6 @@ checkpoint where a good one was.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from revperception.io import fsync_dir
 from revperception.models import build_model
 from revperception.pruning import FULL, ChannelGroup, Levels, encode_full, encode_level
 from revperception.pruning.prune import PrunedModel
@@ -135,7 +135,7 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], metad
     except BaseException:  # KeyboardInterrupt included: never leave the temp file behind
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return Checkpoint(tensors=prepared, metadata=json.loads(text), path=path)
 
 
@@ -225,20 +225,6 @@ def _check_json(metadata: Mapping[str, Any]) -> None:
                 walk(item, f"{where}[{index}]")
 
     walk(metadata, "")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; platforms that cannot open directories (Windows) skip it."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_header(path: Path) -> dict[str, Any]:
@@ -333,27 +319,8 @@ def _parse_document(safetensors_metadata: object, path: Path) -> dict[str, Any]:
     return document
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a small file (a report, a plot) atomically: temp file, fsync, rename; readers never see half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 REVERSIBLE_KIND = "reversible-yolov5"
+PRIVATE_PREFIX = "level/"  # a level's own tensors are stored as level/<level>/<state-dict name>
 
 
 def save_reversible(path: str | Path, pruned: PrunedModel) -> Checkpoint:
@@ -367,13 +334,16 @@ def save_reversible(path: str | Path, pruned: PrunedModel) -> Checkpoint:
         "stride": pruned.stride,
         "imgsz": pruned.imgsz,
         "groups": [g.to_json() for g in pruned.groups],
-        "levels": {"names": list(pruned.levels.names), "keep": pruned.levels.to_json()},
+        "levels": {"names": list(pruned.levels.names), "keep": pruned.levels.to_json(),
+                   "imgsz": dict(pruned.levels.imgsz)},
         "encodings": {"full": encode_full(pruned.groups).hex(),
                       **{name: encode_level(pruned.groups, pruned.levels.keep[name]).hex()
                          for name in pruned.levels.names if name != FULL}},
         "info": pruned.info,
     }
-    return save_checkpoint(path, pruned.model.state_dict(), metadata)
+    private = {f"{PRIVATE_PREFIX}{level}/{name}": tensor
+               for level, tensors in pruned.private.items() for name, tensor in tensors.items()}
+    return save_checkpoint(path, {**pruned.model.state_dict(), **private}, metadata)
 
 
 def load_reversible(path: str | Path) -> PrunedModel:
@@ -384,12 +354,21 @@ def load_reversible(path: str | Path) -> PrunedModel:
         if meta.get("kind") != REVERSIBLE_KIND:
             raise CheckpointCorruptError(f"checkpoint {path} is a {meta.get('kind')!r}, not a {REVERSIBLE_KIND}")
         groups = [ChannelGroup.from_json(g) for g in meta["groups"]]
-        levels = Levels.from_json(meta["levels"]["keep"], meta["levels"]["names"])
+        levels = Levels.from_json(meta["levels"]["keep"], meta["levels"]["names"], meta["levels"].get("imgsz"))
         model = build_model(meta["arch"])
-        model.load_state_dict(checkpoint.tensors, strict=True, assign=True)
+        shared = {k: v for k, v in checkpoint.tensors.items() if not k.startswith(PRIVATE_PREFIX)}
+        model.load_state_dict(shared, strict=True, assign=True)
+        private: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in checkpoint.tensors.items():
+            if key.startswith(PRIVATE_PREFIX):
+                level, _, name = key.removeprefix(PRIVATE_PREFIX).partition("/")
+                if level not in levels.keep or level == FULL or name not in shared \
+                        or shared[name].shape != tensor.shape:
+                    raise ValueError(f"level tensor {key!r} matches no level below full and model entry")
+                private.setdefault(level, {})[name] = tensor
         return PrunedModel(model=model.eval(), names={int(k): v for k, v in meta["names"].items()},
                            stride=int(meta["stride"]), imgsz=int(meta["imgsz"]), arch=meta["arch"], groups=groups,
-                           levels=levels, info=meta.get("info", {}))
+                           levels=levels, info=meta.get("info", {}), private=private)
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

@@ -17,33 +17,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    """No fine-tuning: rank and slice the given weights. Otherwise: the offline pipeline (down, then up)."""
+    """No fine-tuning: rank and slice the given weights. Otherwise: the offline pipeline."""
     if args.no_finetune:
         return _prune_only(args)
+    from dataclasses import fields
+
+    from revperception.offline.config import PruneConfig
+    from revperception.offline.pipeline import run_pipeline
+    from revperception.offline.report import format_table
+
     if not args.data:
         print("revperception prune: error: --data is required unless --no-finetune", file=sys.stderr)
         return 2
-    from revperception.offline.pipeline import PruneConfig, run_pipeline
-    from revperception.offline.report import format_table
-
-    cfg = PruneConfig(
-        weights=args.weights, data=args.data, out=args.out, imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
-        step=args.step, allocation=args.allocation, calibration=args.calibration, full_weight=args.full_weight,
-        cotrain=args.cotrain, recalibrate=args.recalibrate, reconstruct=args.reconstruct,
-        max_drop=args.max_drop, min_map=args.min_map, reference_weights=args.reference_weights,
-        levels=args.levels, up_tol=args.up_tol, up_epochs=args.up_epochs, patience=args.patience, loss=args.loss,
-        feature_weight=args.feature_weight, lr=args.lr, ema=args.ema,
-        ranking=args.ranking, round_to=args.round_to, device=args.device, workers=args.workers, seed=args.seed,
-    )
-    try:
-        report = run_pipeline(cfg, resume=args.resume)
-    except KeyboardInterrupt:
-        print("revperception prune: interrupted; the last completed step is saved: rerun with --resume",
-              file=sys.stderr)
-        return 130
+    cfg = PruneConfig(**{f.name: getattr(args, f.name) for f in fields(PruneConfig)})
+    report = run_pipeline(cfg)
     print(format_table(report))
-    levels = ", ".join(f"{name} mAP50 {lv['map50']:.3f}" for name, lv in report["levels"].items())
-    print(f"wrote {args.out}: {levels}")
+    print(f"wrote {args.out}, its report and plot; full level vs dense: max |difference| / (1 + |output|) "
+          f"{report['full_deviation']:.1e}")
     return 0
 
 
@@ -54,9 +44,10 @@ def _prune_only(args: argparse.Namespace) -> int:
     from revperception.pruning import encode_full, encode_level
     from revperception.pruning.prune import prune_to_levels
 
-    fractions = [args.sparsity, *(args.sparsity * (i + 1) / args.levels for i in range(args.levels - 1))]
+    top = args.filter_fraction
+    fractions = [top, *(top * (i + 1) / args.levels for i in range(args.levels - 1))]
     pruned = prune_to_levels(load_model(args.weights), fractions, ranking=args.ranking, round_to=args.round_to,
-                             imgsz=args.imgsz)
+                             imgsz=args.imgsz, level_imgsz=args.level_imgsz)
     pruned.info["levels"] = measure_levels(pruned)
     checkpoint = save_reversible(args.out, pruned)
     full = pruned.info["levels"]["full"]
@@ -65,15 +56,17 @@ def _prune_only(args: argparse.Namespace) -> int:
         stats = pruned.info["levels"][name]
         encoding = encode_full(pruned.groups) if name == "full" else encode_level(pruned.groups,
                                                                                   pruned.levels.keep[name])
-        print(f"  {name:<8} params {stats['params']:>10,} ({stats['params'] / full['params']:.3f})  "
+        print(f"  {name:<8} {stats['imgsz']} px  params {stats['params']:>10,} "
+              f"({stats['params'] / full['params']:.3f})  "
               f"FLOPs {stats['flops'] / full['flops']:.3f}  encoding {len(encoding)} B")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from revperception.checkpoint import atomic_write_text, load_reversible
+    from revperception.checkpoint import load_reversible
+    from revperception.io import atomic_write_text
     from revperception.models import load_model
-    from revperception.offline import evaluate
+    from revperception.offline.evaluate import evaluate
     from revperception.runtime import ReversibleModel
 
     if bool(args.checkpoint) == bool(args.weights):
@@ -82,8 +75,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.checkpoint:
         pruned = load_reversible(args.checkpoint)
         model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, start_level=args.level,
-                                device=args.device)
-        level, imgsz = args.level, args.imgsz or pruned.imgsz
+                                device=args.device, private=pruned.private)
+        level, imgsz = args.level, args.imgsz or pruned.levels.size(args.level, pruned.imgsz)
     else:
         model, level, imgsz = load_model(args.weights).model, "dense", args.imgsz or 640
     result = {**evaluate(model, args.data, imgsz=imgsz, device=args.device, split=args.split), "level": level,
@@ -96,10 +89,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
+    """Counts per split and per source on stdout, so that a run's log shows what each split holds."""
     from revperception.offline.data import split_dataset
 
-    val = float(args.val) if "." in args.val else int(args.val)
-    print(f"wrote {split_dataset(args.data, args.out, val=val)}")
+    def amount(text: str) -> int | float:
+        return float(text) if "." in text else int(text)  # "32": a count per source, "0.25": a fraction
+
+    data_yaml = split_dataset(args.data, args.out, val=amount(args.val), test=amount(args.test),
+                              unlabelled=args.unlabelled or [])
+    print(f"wrote {data_yaml}")
+    for name, part in json.loads((data_yaml.parent / "split.json").read_text(encoding="utf-8"))["splits"].items():
+        print(f"{name:<5} {part['images']:>6}  " + ", ".join(f"{n} {src}" for src, n in part["per_source"].items()))
     return 0
 
 
@@ -173,62 +173,29 @@ def _env(_: argparse.Namespace) -> int:
 
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
-    """`prune` takes the most options: its parser is built on its own."""
+    """`prune`'s options are generated from `PruneConfig`, the one place they are declared."""
+    from dataclasses import MISSING, fields
+
+    from revperception.offline.config import PruneConfig
+
     prune = sub.add_parser("prune", help="turn a YOLOv5 into a reversible *.rvp.safetensors checkpoint")
-    prune.add_argument("--weights", required=True, help="model YAML, Ultralytics .pt or YOLOv5 release .pt")
-    prune.add_argument("--data", help="Ultralytics dataset YAML (train: fine-tuning images, val: labelled)")
-    prune.add_argument("--out", required=True, help="output checkpoint (*.rvp.safetensors)")
-    prune.add_argument("--levels", type=int, default=1, help="pruned levels below full (nested)")
-    prune.add_argument("--ranking", choices=("l1", "l2", "taylor"), default="l1", help="filter importance")
-    prune.add_argument("--round-to", type=int, default=16,
-                       help="round kept channels to a multiple of this (CPU kernels run blocks of 16)")
-    prune.add_argument("--imgsz", type=int, default=640, help="training, evaluation and stored inference size")
-    prune.add_argument("--no-finetune", action="store_true", help="prune only, on the given weights (no data)")
-    prune.add_argument("--sparsity", type=float, default=0.36, help="--no-finetune: filter fraction pruned")
-    down = prune.add_argument_group("fine-tuning down")
-    down.add_argument("--step", type=float, default=0.05,
-                      help="per step, a further fraction of every group's filters (uniform) or of parameters")
-    down.add_argument("--allocation", choices=("uniform", "sensitivity"), default="uniform",
-                      help="uniform: the same filter fraction in every group (the paper); sensitivity: the "
-                           "groups whose next channels change the outputs least per parameter (label-free)")
-    down.add_argument("--calibration", type=int, default=32, help="sensitivity: images each candidate is scored on")
-    down.add_argument("--full-weight", type=float, default=0.0,
-                      help="weight of the full architecture's loss beside a smaller level's, fine-tuning down and "
-                           "growing intermediate levels (0: the paper's method)")
-    down.add_argument("--cotrain", action="store_true",
-                      help="with --full-weight: train the full level's own weights (the entries a level prunes) "
-                           "through that loss too, and regrow them to those values rather than the dense ones")
-    down.add_argument("--recalibrate", action="store_true",
-                      help="correct each step's BatchNorm shift against the dense model before fine-tuning, when "
-                           "that validates better (label-free)")
-    down.add_argument("--reconstruct", action="store_true",
-                      help="refit each step's remaining weights by least squares so every conv gives back the dense "
-                           "model's output, before fine-tuning, when that validates better (label-free)")
-    down.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after each step")
-    down.add_argument("--max-drop", type=float, default=0.1, help="stop rule: relative mAP50 drop from dense")
-    down.add_argument("--min-map", type=float, help="stop rule: absolute mAP50 floor")
-    down.add_argument("--reference-weights", help="stop rule: stay above this model's mAP50 (e.g. the next size)")
-    up = prune.add_argument_group("fine-tuning up")
-    up.add_argument("--up-tol", type=float, default=0.01, help="stop when full mAP50 is this close to dense")
-    up.add_argument("--up-epochs", type=int, default=5, help="most epochs to grow each level")
-    train = prune.add_argument_group("training")
-    train.add_argument("--loss", choices=("distill", "detect"), default="distill",
-                       help="distill: from the dense model, label-free (default); detect: Ultralytics' loss")
-    train.add_argument("--feature-weight", type=float, default=0.0,
-                       help="distill: weight of every block's feature error beside the head outputs' (0: outputs only)")
-    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (after a linear warm-up)")
-    train.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                       help="judge and keep each epoch by a moving average of the weights with this decay per "
-                            "batch, e.g. 0.97 (0: off)")
-    train.add_argument("--patience", type=int, default=3,
-                       help="stop a step's or level's fine-tuning after this many epochs without a validation gain; "
-                            "the best epoch (or the untrained weights) is kept")
-    train.add_argument("--batch", type=int, default=8)
-    train.add_argument("--seed", type=int, default=0,
-                       help="seeds torch's, numpy's and python's generators: the same seed draws the same batches")
-    train.add_argument("--device", default="cpu", help="cpu or cuda")
-    train.add_argument("--workers", type=int, default=0, help="data loader processes")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last step")
+    for f in fields(PruneConfig):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kind = str(f.type)
+        options: dict = {"help": f.metadata["help"] + ("" if default in (None, []) else f" (default: {default})")}
+        if kind.startswith("list"):
+            options.update(type=int, nargs="+", default=default)
+        else:
+            options.update(type={"int": int, "float": float}.get(kind, str), default=default)
+        if "choices" in f.metadata:
+            options["choices"] = f.metadata["choices"]
+        required = f.metadata.get("required") and f.name != "data"  # --no-finetune needs no data
+        prune.add_argument(f"--{f.name.replace('_', '-')}", required=bool(required), **options)
+    prune.add_argument("--no-finetune", action="store_true",
+                       help="prune only, on the given weights (no data): uniform --filter-fraction per group")
+    prune.add_argument("--filter-fraction", type=float, default=0.36, help="--no-finetune: filter fraction pruned")
+    prune.add_argument("--ranking", choices=("l1", "l2", "taylor"), default="l1",
+                       help="--no-finetune: filter importance")
     prune.set_defaults(func=_prune)
 
 
@@ -288,21 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--weights", help="a dense model instead of a checkpoint")
     evaluation.add_argument("--data", required=True, help="Ultralytics dataset YAML")
     evaluation.add_argument("--split", default="val")
-    evaluation.add_argument("--imgsz", type=int, help="default: the checkpoint's, or 640")
+    evaluation.add_argument("--imgsz", type=int, help="default: the level's own input size, or 640 for --weights")
     evaluation.add_argument("--device", default="cpu")
     evaluation.add_argument("--json", help="also write the results here")
     evaluation.set_defaults(func=_eval)
 
-    split = sub.add_parser("split", help="split a dataset whose train and val are the same images")
-    split.add_argument("--data", required=True, help="Ultralytics dataset YAML")
-    split.add_argument("--out", required=True, help="folder for the new data.yaml and image lists")
-    split.add_argument("--val", default="0.25", help="validation images: a count (32) or a fraction (0.25)")
+    split = sub.add_parser("split", help="deterministic train/val(/test) split of labelled datasets (and unlabelled "
+                                         "images, train only)")
+    split.add_argument("--data", required=True, action="append",
+                       help="Ultralytics dataset YAML (repeat for several sources; each is split on its own)")
+    split.add_argument("--out", required=True, help="folder for the new data.yaml, image lists and split.json")
+    split.add_argument("--val", default="0.25", help="validation images per source: a count (32) or a fraction (0.25)")
+    split.add_argument("--test", default="0", help="test images per source, picked first: a count or a fraction; "
+                                                   "0: no test split")
+    split.add_argument("--unlabelled", action="append", metavar="DIR",
+                       help="unlabelled image folder or .txt list, train only (repeatable)")
     split.set_defaults(func=_split)
 
     bench = sub.add_parser("bench", help="time swaps, disk loads and inference of a reversible model")
     bench.add_argument("--model", required=True, help="checkpoint, or a model to prune on the fly (no fine-tune)")
     bench.add_argument("--sparsity", type=float, default=0.36, help="filter fraction when pruning on the fly")
-    bench.add_argument("--imgsz", type=int, default=640)
+    bench.add_argument("--imgsz", type=int,
+                       help="run every level at this size (default: each level at its own; 640 pruning on the fly)")
     bench.add_argument("--switches", type=int, default=200, help="level switches timed (median reported)")
     bench.add_argument("--loads", type=int, default=5, help="disk loads timed (median reported)")
     bench.add_argument("--runs", type=int, default=10, help="interleaved inferences per level")

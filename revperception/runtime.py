@@ -5,13 +5,17 @@ segment, of its inputs). So each prunable Conv2d/BatchNorm2d is replaced by a sl
 the same Parameters and, per level, views of them: switching a level is one integer assignment, read
 once at the start of each forward pass. Nothing is copied, re-allocated or loaded; a switch requested
 during an inference takes effect at the next one, and no pass can see two levels.
+
+A level may also own a little state of its own (`private`: BatchNorm statistics and affine terms, head
+biases), so that making a pruned level accurate never moves what the full level computes. Folded, it
+becomes a per-channel scale and shift applied after that level's conv; the full level reads none of it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,46 +55,75 @@ def _take(tensor: torch.Tensor, dim: int, runs: tuple[Run, ...]) -> torch.Tensor
     return tuple(tensor.narrow(dim, s, n) for s, n in runs)
 
 
+@dataclass(frozen=True)
+class Own:
+    """What one level owns of one conv, full-sized (None: the shared tensor): its weight, its output scale
+    relative to the shared fold, its bias."""
+
+    weight: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.scale, self.bias) if t is not None]
+
+
 class SlicedConv2d(nn.Module):
-    """A Conv2d whose filters and input channels are a per-level slice of the shared weight."""
+    """A Conv2d whose filters and input channels are a per-level slice of the shared weight (or of the level's
+    own weight, `own[i]`), with the level's own output scale and bias where it has them."""
 
     def __init__(self, conv: nn.Conv2d, out_runs: Sequence[tuple[Run, ...]], in_runs: Sequence[tuple[Run, ...]],
-                 state: _LevelState) -> None:
+                 state: _LevelState, own: Sequence[Own] | None = None) -> None:
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
         self._state = state
         self._plans = []
-        for out, inp in zip(out_runs, in_runs, strict=True):
+        for i, (out, inp) in enumerate(zip(out_runs, in_runs, strict=True)):
             (o_start, o_len), = out
-            weight = _take(self.weight.narrow(0, o_start, o_len), 1, inp)
-            bias = None if self.bias is None else self.bias.narrow(0, o_start, o_len)
-            self._plans.append((weight, bias))
+            mine = own[i] if own else Own()
+            weight = self.weight if mine.weight is None else mine.weight
+            weight = _take(weight.narrow(0, o_start, o_len), 1, inp)
+            bias = self.bias if mine.bias is None else mine.bias
+            bias = None if bias is None else bias.narrow(0, o_start, o_len)
+            scale = None if mine.scale is None else mine.scale.narrow(0, o_start, o_len).view(1, -1, 1, 1)
+            self._plans.append((weight, bias, scale))
+        tensors = {id(t): t for mine in own or () for t in mine.tensors()}
+        for i, tensor in enumerate(tensors.values()):  # buffers, so memory accounting sees a level's own tensors
+            self.register_buffer(f"own{i}", tensor, persistent=False)
 
     def parameter_count(self, index: int) -> int:
-        weight, bias = self._plans[index]
+        weight, bias, _ = self._plans[index]
         parts = weight if isinstance(weight, tuple) else (weight,)
         return sum(t.numel() for t in parts) + (0 if bias is None else bias.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._plans[self._state.current]
+        weight, bias, scale = self._plans[self._state.current]
         if isinstance(weight, tuple):
             weight = torch.cat(weight, dim=1)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        if scale is None:
+            return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+        out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
+        return torch.addcmul(bias.view(1, -1, 1, 1), out, scale)
 
 
 class SlicedBatchNorm2d(nn.Module):
-    """An inference BatchNorm2d over a per-level prefix of its channels."""
+    """An inference BatchNorm2d over a per-level prefix of its channels; a level may bring its own statistics
+    and affine terms (`private[i]`: any of weight, bias, running_mean, running_var)."""
 
-    def __init__(self, bn: nn.BatchNorm2d, runs: Sequence[tuple[Run, ...]], state: _LevelState) -> None:
+    def __init__(self, bn: nn.BatchNorm2d, runs: Sequence[tuple[Run, ...]], state: _LevelState,
+                 private: Sequence[dict[str, torch.Tensor]] | None = None) -> None:
         super().__init__()
         self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
         self.register_buffer("running_mean", bn.running_mean)
         self.register_buffer("running_var", bn.running_var)
         self._state = state
+        shared = {"running_mean": self.running_mean, "running_var": self.running_var, "weight": self.weight,
+                  "bias": self.bias}
+        own = private or [{} for _ in runs]
         self._plans = [
-            tuple(t.narrow(0, *run) for t in (self.running_mean, self.running_var, self.weight, self.bias))
-            for (run,) in runs
+            tuple(own[i].get(key, shared[key]).narrow(0, *run) for key in shared)
+            for i, (run,) in enumerate(runs)
         ]
 
     def parameter_count(self, index: int) -> int:
@@ -102,19 +135,65 @@ class SlicedBatchNorm2d(nn.Module):
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
 
 
+def _folded(bn: nn.BatchNorm2d, conv_bias: torch.Tensor | None,
+            own: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (scale, bias) a BatchNorm applies to its conv's output, read from `own` where it has the term."""
+    weight, bias, mean, var = (own.get(key, getattr(bn, key)) for key in ("weight", "bias", "running_mean",
+                                                                             "running_var"))
+    scale = weight / torch.sqrt(var + bn.eps)
+    shift = bias - mean * scale
+    return scale, shift if conv_bias is None else shift + conv_bias * scale
+
+
+_BN_TERMS = ("weight", "bias", "running_mean", "running_var")
+
+
 @torch.no_grad()
-def fuse_batchnorms(model: nn.Module) -> None:
-    """Fold each Conv block's BatchNorm into its conv, in place (the conv weight keeps its storage)."""
-    for block in model.modules():
+def fuse_batchnorms(model: nn.Module, private: Sequence[dict[str, torch.Tensor]] = ()) -> dict[str, list[Own]]:
+    """Fold each Conv block's BatchNorm into its conv, in place (the conv weight keeps its storage).
+
+    `private` holds, per level, that level's own tensors by state-dict name. The shared weight is folded
+    with the model's own BatchNorm. A level that owns the conv's weight gets it folded with its own BatchNorm
+    terms; one that owns only BatchNorm terms gets its output scale relative to the shared fold and its own
+    bias. Returns what each level owns per conv name (head convs without BatchNorm included).
+    """
+    owned = own_convs(model, private)
+    for name, block in model.named_modules():
         conv, bn = getattr(block, "conv", None), getattr(block, "bn", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias += conv.bias * scale
-            conv.bias = nn.Parameter(bias, requires_grad=False)
-            block.bn = nn.Identity()
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+            continue
+        prefix = f"{name}." if name else ""
+        scale, bias = _folded(bn, conv.bias, {})
+        levels = []
+        for own in private:
+            terms = {k: own[f"{prefix}bn.{k}"] for k in _BN_TERMS if f"{prefix}bn.{k}" in own}
+            weight = own.get(f"{prefix}conv.weight")
+            if not terms and weight is None:
+                levels.append(Own())
+                continue
+            level_scale, level_bias = _folded(bn, conv.bias, terms) if terms else (scale, bias)
+            if weight is None:
+                same = torch.equal(level_scale, scale)  # a level that owns only a shift costs no pass of its own
+                levels.append(Own(scale=None if same else level_scale / scale, bias=level_bias))
+            else:
+                levels.append(Own(weight=weight * level_scale.view(-1, 1, 1, 1), bias=level_bias))
+        if any(level.tensors() for level in levels):
+            owned[f"{prefix}conv"] = levels
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+        block.bn = nn.Identity()
+    return owned
+
+
+def own_convs(model: nn.Module, private: Sequence[dict[str, torch.Tensor]]) -> dict[str, list[Own]]:
+    """Per conv name, the weights and biases the levels own of it, as they are (no BatchNorm folded in)."""
+    owned = {}
+    for name, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            levels = [Own(weight=own.get(f"{name}.weight"), bias=own.get(f"{name}.bias")) for own in private]
+            if any(level.tensors() for level in levels):
+                owned[name] = levels
+    return owned
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -131,15 +210,21 @@ class ReversibleModel(nn.Module):
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], levels: Levels, *, fuse: bool = True,
-                 channels_last: bool = True, start_level: str = PRUNED, device: str | torch.device = "cpu") -> None:
+                 channels_last: bool = True, start_level: str = PRUNED, device: str | torch.device = "cpu",
+                 private: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
         super().__init__()
         model.to(device)  # before any view is taken: views must point at the weights that will run
-        if fuse:
-            fuse_batchnorms(model)
+        unknown = set(private or {}) - set(levels.names)
+        if unknown:
+            raise ValueError(f"private state for unknown levels {sorted(unknown)}; levels are {levels.names}")
+        own = [{k: v.to(device) for k, v in (private or {}).get(name, {}).items()} for name in levels.names]
+        owned = fuse_batchnorms(model, own) if fuse else own_convs(model, own)
         self.channels_last = channels_last
         if channels_last:  # oneDNN runs NHWC without reordering every activation to its blocked layout and back
             for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
                 conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+            owned = {name: [replace(o, weight=o.weight.contiguous(memory_format=torch.channels_last))
+                            if o.weight is not None else o for o in levels] for name, levels in owned.items()}
         self.model = model.eval()
         self.levels = levels
         self._state = _LevelState()
@@ -159,10 +244,14 @@ class ReversibleModel(nn.Module):
                 whole_in = [((0, module.in_channels),)] * len(levels.names)  # the image
                 out = [_runs(s) for s in spans[(name, "out")]] if (name, "out") in spans else whole_out
                 inp = [_runs(s) for s in spans[(name, "in")]] if (name, "in") in spans else whole_in
-                _replace(model, name, SlicedConv2d(module, out, inp, self._state))
+                _replace(model, name, SlicedConv2d(module, out, inp, self._state, owned.pop(name, None)))
             elif isinstance(module, nn.BatchNorm2d):
+                terms = [{k.removeprefix(f"{name}."): v for k, v in level.items() if k.startswith(f"{name}.")}
+                         for level in own]
                 _replace(model, name, SlicedBatchNorm2d(module, [_runs(s) for s in spans[(name, "out")]],
-                                                        self._state))
+                                                        self._state, terms))
+        if owned:
+            raise ValueError(f"private state for layers no level slices: {sorted(owned)}")
 
     def parameter_count(self, name: str) -> int:
         """Parameters a level actually uses: its slices of the sliced modules plus every other parameter."""
@@ -184,12 +273,17 @@ class ReversibleModel(nn.Module):
         """Switch architecture: one assignment, no I/O, no allocation; effective from the next pass."""
         self._requested = self.levels.index(name)
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """One forward pass at the requested level; returns the raw head output and that level's name."""
+    def requested(self) -> int:
+        """The index of the level requested now: read once by a caller that prepares a pass for that level."""
+        return self._requested
+
+    def run(self, x: torch.Tensor, index: int | None = None) -> tuple[torch.Tensor, str]:
+        """One forward pass at level `index` (default: the requested one); returns the raw head output and that
+        level's name."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._lock:  # passes are serialised, so the level a pass reads cannot change under it
-            self._state.current = index = self._requested
+            self._state.current = index = self._requested if index is None else index
             out = self.model(x)
         return (out[0] if isinstance(out, (tuple, list)) else out), self.levels.names[index]
 
@@ -198,14 +292,20 @@ class ReversibleModel(nn.Module):
 
 
 class ReversibleDetector:
-    """Image in, detections out, at whichever nested level is active; `reverse()` toggles pruned/full."""
+    """Image in, detections out, at whichever nested level is active; `reverse()` toggles pruned/full.
 
-    def __init__(self, model: ReversibleModel, names: dict[int, str], *, stride: int = 32, imgsz: int = 640,
-                 conf: float = 0.25, iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None) -> None:
+    Each level runs at its input size (`sizes`); `imgsz`, when given, runs every level at that size instead.
+    """
+
+    def __init__(self, model: ReversibleModel, names: dict[int, str], *, stride: int = 32, imgsz: int | None = None,
+                 sizes: dict[str, int] | None = None, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
+                 classes: list[int] | None = None) -> None:
         self.model = model
         device = next(model.parameters()).device  # the model was built on its device; moving it would orphan views
-        self.detector = Detector(model, names, stride=stride, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
-                                 classes=classes, device=device)
+        default = imgsz or 640
+        self.sizes = tuple(imgsz or (sizes or {}).get(name, default) for name in model.levels.names)
+        self.detector = Detector(model, names, stride=stride, imgsz=self.sizes[-1], conf=conf, iou=iou,
+                                 max_det=max_det, classes=classes, device=device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, fuse: bool = True, start_level: str = PRUNED,
@@ -213,9 +313,9 @@ class ReversibleDetector:
         """Load and verify a `*.rvp.safetensors` checkpoint (no pickle) and build the reversible model."""
         loaded = load_reversible(path)
         model = ReversibleModel(loaded.model, loaded.groups, loaded.levels, fuse=fuse, start_level=start_level,
-                                device=device)
-        options.setdefault("imgsz", loaded.imgsz)
-        return cls(model, loaded.names, stride=loaded.stride, **options)
+                                device=device, private=loaded.private)
+        sizes = {name: loaded.levels.size(name, loaded.imgsz) for name in loaded.levels.names}
+        return cls(model, loaded.names, stride=loaded.stride, sizes=sizes, **options)
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -245,6 +345,7 @@ class ReversibleDetector:
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, *, bgr: bool = True) -> Detections:
-        x = self.detector.preprocess(image, bgr=bgr)
-        raw, level = self.model.run(x)
+        index = self.model.requested()  # read once: the input size and the architecture come from one level
+        x = self.detector.preprocess(image, bgr=bgr, imgsz=self.sizes[index])
+        raw, level = self.model.run(x, index)
         return replace(self.detector.postprocess(raw, tuple(x.shape[2:]), image.shape[:2]), level=level)

@@ -61,7 +61,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spread_class_biases(model)
     torch.save({"model": model}, folder / "n.pt")
     out = folder / "n.rvp.safetensors"
-    proc = revperception("prune", "--weights", str(folder / "n.pt"), "--sparsity", "0.36", "--levels", "2",
+    proc = revperception("prune", "--weights", str(folder / "n.pt"), "--filter-fraction", "0.36", "--levels", "2",
                          "--no-finetune", "--imgsz", "160", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout
@@ -166,13 +166,15 @@ def spread_class_biases(model: torch.nn.Module, seed: int = 0) -> None:
             branch[-1].bias.copy_(torch.randn(branch[-1].bias.shape, generator=generator) * 3 - 4)
 
 
-def synthetic_dataset(root: Path, images: int = 8, size: int = 96, val: int = 4) -> Path:
+def synthetic_dataset(root: Path, images: int = 8, size: int = 96, val: int = 4, test: int = 0) -> Path:
     """A tiny labelled YOLO dataset of coloured boxes on noise, for pipeline mechanics (no real data needed)."""
     import cv2
     import numpy as np
 
     rng = np.random.default_rng(0)
-    for split, count in (("train", images), ("val", val)):
+    for split, count in (("train", images), ("val", val), ("test", test)):
+        if not count:
+            continue
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
         for i in range(count):
@@ -188,5 +190,7 @@ def synthetic_dataset(root: Path, images: int = 8, size: int = 96, val: int = 4)
             cv2.imwrite(str(root / "images" / split / f"{i:03d}.png"), image)
             (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
     data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: green\n  2: blue\n")
+    splits = "".join(f"{split}: images/{split}\n" for split, count in (("train", 1), ("val", 1), ("test", test))
+                     if count)
+    data.write_text(f"path: {root}\n{splits}names:\n  0: red\n  1: green\n  2: blue\n")
     return data

@@ -1,4 +1,4 @@
-"""Sensitivity allocation: a step frees its parameter budget where the outputs change least."""
+"""Sensitivity allocation: channels go where the outputs change least per parameter or per FLOP saved."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from conftest import randomise_batchnorms
 from revperception.models import load_model
-from revperception.offline.allocation import SensitivityAllocation, used_parameters
+from revperception.offline.allocation import ConvFlops, SensitivityAllocation, used_parameters
 from revperception.offline.finetune import freeze_batchnorm
 from revperception.offline.losses import head_distance, raw_outputs
 from revperception.offline.masks import ChannelMasks
@@ -17,7 +17,7 @@ from revperception.pruning import find_groups, rank_channels
 CRITICAL = "model.6.cv3.conv"  # frees the most parameters per block: first to go, unless it matters
 
 
-def test_a_step_meets_its_budget_and_spares_the_group_that_matters() -> None:
+def test_pruning_by_flops_reaches_its_goal_and_spares_the_group_that_matters() -> None:
     torch.manual_seed(0)
     model = load_model("yolov5n.yaml").model
     randomise_batchnorms(model)
@@ -41,14 +41,35 @@ def test_a_step_meets_its_budget_and_spares_the_group_that_matters() -> None:
     masks = ChannelMasks(model, groups)
     before = copy.deepcopy(model.state_dict())
     alive = masks.full()
-    used = used_parameters(masks, model, alive)
-    budget = used // 10
-    kept = SensitivityAllocation(model, masks, distance, round_to=8).targets(alive, rank_channels(tp_groups),
-                                                                             budget)
-    smaller = [torch.arange(g.size) < k for g, k in zip(groups, kept, strict=True)]
-    assert used - used_parameters(masks, model, smaller) >= budget
+    total = used_parameters(masks, model, alive)
+    flops = ConvFlops(model, masks, 64)
+    allocator = SensitivityAllocation(model, masks, distance, round_to=8, cost=flops)
+    smaller = allocator.prune_until(alive, rank_channels(tp_groups),
+                                    lambda a: used_parameters(masks, model, a) <= 0.9 * total)
+    kept = [int(a.sum()) for a in smaller]
+    assert used_parameters(masks, model, smaller) <= 0.9 * total
+    assert flops(smaller) < flops(alive)
     assert kept[critical] == groups[critical].size, "the group whose channels drive the outputs was pruned"
     assert sum(k < g.size for g, k in zip(groups, kept, strict=True)) >= 2
     assert all(k % 8 == 0 and k >= 8 for k in kept)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "scoring left the model changed"
+
+
+def test_conv_flops_count_what_the_runtime_runs() -> None:
+    """ConvFlops of a level equals the conv FLOPs torch counts on the sliced runtime (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from revperception.pruning.prune import prune_to_levels
+    from revperception.runtime import ReversibleModel
+
+    torch.manual_seed(0)
+    pruned = prune_to_levels(load_model("yolov5n.yaml"), [0.5], imgsz=64)
+    masks = ChannelMasks(pruned.model, pruned.groups)
+    keep = [torch.arange(g.size) < k for g, k in zip(pruned.groups, pruned.levels.keep["pruned"], strict=True)]
+    counted = ConvFlops(pruned.model, masks, 64)(keep)
+    runtime = ReversibleModel(copy.deepcopy(pruned.model), pruned.groups, pruned.levels, fuse=True,
+                              channels_last=False)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        runtime(torch.zeros(1, 3, 64, 64))
+    assert 2 * counted == counter.get_flop_counts()["Global"][torch.ops.aten.convolution]

@@ -39,6 +39,24 @@ def test_bench_reports_every_figure(checkpoint: Path, tmp_path: Path) -> None:
     assert 0.4 < result["param_sparsity"] < 0.8 and 0.2 < result["flops_ratio"] < 0.8
     assert result["resident_bytes"] <= 1.02 * result["dense_bytes"]
     assert result["encoding_bytes"] < 8000
+    assert result["per_level"]["full"]["imgsz"] == 160 and result["per_level"]["pruned"]["latency_ms"] > 0
+
+
+def test_bench_times_every_level_at_its_own_input_size(checkpoint: Path, tmp_path: Path) -> None:
+    sized = tmp_path / "sized.rvp.safetensors"
+    proc = revperception("prune", "--weights", str(checkpoint.with_name("n.pt")), "--no-finetune", "--imgsz",
+                         "160", "--filter-fraction", "0.36", "--levels", "2", "--level-imgsz", "96", "128",
+                         "--out", str(sized))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "bench.json"
+    proc = revperception("bench", "--model", str(sized), "--runs", "1", "--loads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    levels = result["per_level"]
+    assert {name: level["imgsz"] for name, level in levels.items()} == {"pruned": 96, "level1": 128, "full": 160}
+    assert result["flops_pruned"] == levels["pruned"]["flops"] < levels["level1"]["flops"] < levels["full"]["flops"]
+    assert result["infer_pruned_ms"] == levels["pruned"]["latency_ms"] and result["imgsz"] == 160
+    assert "level pruned" in proc.stdout and "96 px" in proc.stdout
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE_REASONS))
@@ -49,7 +67,7 @@ def test_bad_checkpoints_exit_non_zero_with_a_reason(checkpoint: Path, tmp_path:
     assert DAMAGE_REASONS[damage] in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_prune_with_fine_tuning_is_refused_until_it_exists(tmp_path: Path) -> None:
+def test_prune_without_data_is_refused_and_names_the_data_free_option(tmp_path: Path) -> None:
     proc = revperception("prune", "--weights", "yolov5n.yaml", "--out", str(tmp_path / "x.rvp.safetensors"))
     assert proc.returncode == 2 and "--no-finetune" in proc.stderr
 

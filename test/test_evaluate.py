@@ -10,7 +10,7 @@ from ultralytics.utils import YAML
 
 from conftest import shared_path
 from revperception.models import load_model
-from revperception.offline import evaluate
+from revperception.offline.evaluate import evaluate
 from revperception.pruning import FULL
 from revperception.pruning.prune import prune_to_levels
 from revperception.runtime import ReversibleModel

@@ -59,14 +59,17 @@ class Detector:
         self.iou = iou
         self.max_det = max_det
         self.classes = classes
-        # Minimum-rectangle letterbox: a 640x480 camera frame runs at 640x480, not 640x640.
-        self._letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=stride)
+        self._letterboxes: dict[int, LetterBox] = {}
 
-    def preprocess(self, image: np.ndarray, *, bgr: bool = True) -> torch.Tensor:
-        """HWC uint8 image (BGR by default, as OpenCV gives it) -> normalised 1x3xHxW RGB tensor."""
+    def preprocess(self, image: np.ndarray, *, bgr: bool = True, imgsz: int | None = None) -> torch.Tensor:
+        """HWC uint8 image (BGR by default, as OpenCV gives it) -> normalised 1x3xHxW RGB tensor, letterboxed to
+        `imgsz` (default: the detector's)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
-        padded = self._letterbox(image=image)
+        size = imgsz or self.imgsz
+        if size not in self._letterboxes:  # minimum rectangle: a 640x480 frame runs at 640x480, not 640x640
+            self._letterboxes[size] = LetterBox(new_shape=(size, size), auto=True, stride=self.stride)
+        padded = self._letterboxes[size](image=image)
         if bgr:
             padded = padded[..., ::-1]
         chw = np.ascontiguousarray(padded.transpose(2, 0, 1))

@@ -1,5 +1,1 @@
-"""Offline work on models: evaluation, dataset splits, fine-tuning down and up, reports."""
-
-from revperception.offline.evaluate import evaluate
-
-__all__ = ["evaluate"]
+"""Offline work on models: dataset splits, pruning into levels, evaluation, reports (import the modules)."""

@@ -9,9 +9,8 @@ sliced runtime computes for that level (SiLU(0) = 0 feeds nothing downstream).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
@@ -88,21 +87,3 @@ def trainable_only(model: nn.Module, masks: dict[nn.Parameter, torch.Tensor]) ->
             hook.remove()
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def with_values(model: nn.Module, masks: dict[nn.Parameter, torch.Tensor],
-                values: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], Any]:
-    """`model` run with the entries outside `masks` read from `values` instead of its own parameters.
-
-    While the model holds a pruned level (zeros outside the masks), this runs the full architecture over
-    the same shared weights, the pruned entries taking `values` (the full level's own); gradients reach only
-    the model's entries inside the masks, so training through it moves nothing a level does not share, and,
-    where `values` require them, only their entries outside.
-    """
-    names = {p: name for name, p in model.named_parameters()}
-
-    def forward(images: torch.Tensor) -> Any:
-        params = {names[p]: torch.where(m.to(p.device).expand_as(p), p, values[names[p]]) for p, m in masks.items()}
-        return torch.func.functional_call(model, params, (images,))
-
-    return forward

@@ -1,7 +1,8 @@
-"""The pruning run's report: JSON for machines, text and markdown tables for people, and its two plots.
+"""The pruning run's report: JSON for machines, a table for people, and the plot that judges the levels.
 
-The plots are the paper's Fig. 3 (mAP50 against parameter sparsity, with and without fine-tuning)
-and Fig. 5 (CPU latency at batch 1 against sparsity). They are drawn on a bare matplotlib Figure
+A pruned level earns its place only if it beats the obvious alternative, the dense model at a smaller input
+size. The table lists both, and the plot draws the levels' accuracy against latency over the dense model's
+resolution front, all measured on the same split in one run. The plot is drawn on a bare matplotlib Figure
 (Agg canvas, bundled DejaVu font), so no display, pyplot state or font download is ever involved.
 """
 
@@ -9,17 +10,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from revperception.checkpoint import atomic_write_bytes, atomic_write_text
+from revperception.io import atomic_write_bytes, atomic_write_text
 
-_HEADERS = ("step", "filter %", "param sparsity %", "FLOP ratio", "mAP50", "mAP50-95", "mAP50 no FT",
-            "latency ms", "passed")
+_HEADERS = ("model", "input px", "params", "GFLOPs", "latency ms", "mAP50", "mAP50-95", "vs front")
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
@@ -27,51 +26,52 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(path, json.dumps(report, sort_keys=True, indent=2) + "\n")
 
 
-def _pruned_step(report: dict[str, Any]) -> int | None:
-    return ((report.get("levels") or {}).get("pruned") or {}).get("step")
+def front_map50_at(report: dict[str, Any], latency_ms: float) -> float | None:
+    """The dense model's mAP50 at `latency_ms` on its resolution front: linear between the two measured sizes
+    around it (front points faster than a slower one but less accurate are kept: the front is what was measured);
+    None outside the measured latencies."""
+    points = sorted((p["latency_ms"], p["map50"]) for p in report["front"].values() if p.get("latency_ms"))
+    for (t0, m0), (t1, m1) in pairwise(points):
+        if t0 <= latency_ms <= t1:
+            return m0 if t1 == t0 else m0 + (m1 - m0) * (latency_ms - t0) / (t1 - t0)
+    return None
 
 
-def _cell(value: Any, fmt: Callable[[Any], str]) -> str:
-    return "-" if value is None else fmt(value)
+def _rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, level in report["levels"].items():
+        front = front_map50_at(report, level["latency_ms"]) if level.get("latency_ms") else None
+        gap = "-" if front is None or level.get("map50") is None else f"{level['map50'] - front:+.3f}"
+        rows.append([f"level {name}", *_cells(level), gap])
+    for point in report["front"].values():
+        rows.append(["dense", *_cells(point), ""])
+    return rows
 
 
-def _rows(report: dict[str, Any], mark: str) -> list[list[str]]:
-    """One row per step, led by the dense model as step 0 when the steps do not include it."""
-    dense = report["dense"]
-    steps = list(report["steps"])
-    if not any(s.get("step") == 0 for s in steps):
-        steps.insert(0, {"step": 0, "filter_fraction": 0.0, "param_sparsity": 0.0, "flops_ratio": 1.0,
-                         "map50": dense.get("map50"), "map50_95": dense.get("map50_95"),
-                         "map50_no_finetune": dense.get("map50"), "latency_ms": dense.get("latency_ms")})
-    chosen = _pruned_step(report)
-    pct, ratio, ms = (lambda v: f"{100 * v:.1f}"), (lambda v: f"{v:.3f}"), (lambda v: f"{v:.1f}")
-    return [[
-        f"{s['step']}{mark if s['step'] == chosen else ''}", _cell(s.get("filter_fraction"), pct),
-        _cell(s.get("param_sparsity"), pct), _cell(s.get("flops_ratio"), ratio), _cell(s.get("map50"), ratio),
-        _cell(s.get("map50_95"), ratio), _cell(s.get("map50_no_finetune"), ratio), _cell(s.get("latency_ms"), ms),
-        _cell(s.get("passed"), lambda v: "yes" if v else "no"),
-    ] for s in steps]
+def _cells(entry: dict[str, Any]) -> list[str]:
+    def fmt(key: str, spec: str, scale: float | None = None) -> str:
+        value = entry.get(key)
+        return "-" if value is None else format(value if scale is None else value * scale, spec)
 
-
-def _footnote(report: dict[str, Any], mark: str) -> str:
-    chosen = _pruned_step(report)
-    return "" if chosen is None else f"\n{mark} the `pruned` level (step {chosen})\n"
+    return [str(entry.get("imgsz", "-")), fmt("params", ","), fmt("flops", ".2f", 1e-9), fmt("latency_ms", ".1f"),
+            fmt("map50", ".3f"), fmt("map50_95", ".3f")]
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """A plain-text table of the steps (step 0 is the dense model, * marks the `pruned` level) for the CLI."""
-    rows = [list(_HEADERS), *_rows(report, "*")]
+    """The levels and the dense model's front as plain text; `vs front` is a level's mAP50 minus the front's at
+    the same latency."""
+    rows = [list(_HEADERS), *_rows(report)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADERS))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n" + _footnote(report, "*")
+    return "\n".join(lines) + f"\n(mAP on the {report.get('split', 'val')} split)\n"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The same table as GitHub markdown, numbers right-aligned, for the README."""
-    lines = ["| " + " | ".join(row) + " |" for row in [list(_HEADERS), *_rows(report, "\\*")]]
-    lines.insert(1, "|" + "|".join("---:" for _ in _HEADERS) + "|")
-    return "\n".join(lines) + "\n" + _footnote(report, "\\*")
+    """The same table as GitHub markdown, for the README."""
+    lines = ["| " + " | ".join(row) + " |" for row in [list(_HEADERS), *_rows(report)]]
+    lines.insert(1, "|---|" + "|".join("---:" for _ in _HEADERS[1:]) + "|")
+    return "\n".join(lines) + "\n"
 
 
 def _save_png(figure: Figure, path: Path) -> None:
@@ -81,74 +81,27 @@ def _save_png(figure: Figure, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plot_steps(
-    ax: Axes, steps: list[dict[str, Any]], key: str, label: str, *, color: str, dense: float | None,
-) -> None:
-    """A line from the dense value at 0 % through every step that has `key`; failed steps are drawn hollow."""
-    points = [(100 * s["param_sparsity"], s[key], s.get("passed", True)) for s in steps if s.get(key) is not None]
-    if not points:
-        return
-    line = ([(0.0, dense)] if dense is not None else []) + [(x, y) for x, y, _ in points]
-    ax.plot(*zip(*line, strict=True), "-", color=color, label=label, zorder=2)
-    for ok in (True, False):
-        xy = [(x, y) for x, y, passed in points if bool(passed) == ok]
-        if xy:
-            ax.plot(*zip(*xy, strict=True), "o", color=color, markerfacecolor=color if ok else "white", zorder=3)
-
-
-def _legend(ax: Axes, failed: bool) -> None:
-    """The legend, with a hollow grey marker explaining hollow points when any step failed."""
-    if failed:
-        ax.plot([], [], "o", color="grey", markerfacecolor="white", label="step failed the tolerance")
-    ax.legend(loc="best")
-
-
-def _figure(title: str, ylabel: str) -> tuple[Figure, Axes]:
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = figure.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel("parameter sparsity (%)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    return figure, ax
-
-
-def plot_report(report: dict[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
-    """`{stem}_map_vs_sparsity.png` and `{stem}_latency_vs_sparsity.png` in `out_dir`, each written atomically.
-
-    The dense model is the star at 0 % and a horizontal line; steps that failed the accuracy tolerance
-    are hollow, so the plot shows where the search stopped and why.
-    """
+def plot_report(report: dict[str, Any], out_dir: str | Path, stem: str) -> Path:
+    """`{stem}_map_vs_latency.png` in `out_dir`: the levels against the dense model's resolution front."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    steps, dense, reference = report["steps"], report["dense"], report.get("reference")
-    failed = not all(s.get("passed", True) for s in steps)
-
-    figure, ax = _figure("mAP50 against parameter sparsity", "mAP50")
-    ax.axhline(dense["map50"], color="black", linestyle=":", linewidth=1)
-    ax.plot([0], [dense["map50"]], "*", color="black", markersize=12, label=f"dense ({dense['map50']:.3f})")
-    _plot_steps(ax, steps, "map50", "fine-tuned", color="tab:blue", dense=dense["map50"])
-    _plot_steps(ax, steps, "map50_no_finetune", "without fine-tuning", color="tab:orange", dense=dense["map50"])
-    if reference and reference.get("map50") is not None:
-        ax.axhline(reference["map50"], color="tab:green", linestyle="--",
-                   label=f"{reference.get('name', 'reference')} ({reference['map50']:.3f})")
-    chosen = next((s for s in steps if s["step"] == _pruned_step(report)), None)
-    if chosen is not None and chosen.get("map50") is not None:
-        ax.annotate(f"pruned: step {chosen['step']}\n{100 * chosen['param_sparsity']:.1f} %, {chosen['map50']:.3f}",
-                    (100 * chosen["param_sparsity"], chosen["map50"]), xytext=(0, -42), textcoords="offset points",
-                    ha="center", arrowprops={"arrowstyle": "->"})
-    _legend(ax, failed)
-    paths = [out / f"{stem}_map_vs_sparsity.png"]
-    _save_png(figure, paths[0])
-
-    figure, ax = _figure("CPU latency at batch 1 against parameter sparsity", "latency (ms)")
-    if dense.get("latency_ms") is not None:
-        ax.axhline(dense["latency_ms"], color="black", linestyle="--", linewidth=1)
-        ax.plot([0], [dense["latency_ms"]], "*", color="black", markersize=12,
-                label=f"dense ({dense['latency_ms']:.1f} ms)")
-    _plot_steps(ax, steps, "latency_ms", "pruned", color="tab:blue", dense=dense.get("latency_ms"))
-    ax.set_ylim(bottom=0)
-    _legend(ax, failed)
-    paths.append(out / f"{stem}_latency_vs_sparsity.png")
-    _save_png(figure, paths[1])
-    return paths
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    ax.set_title(f"mAP50 against CPU latency ({report.get('split', 'val')} split, batch 1)")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("mAP50")
+    ax.grid(alpha=0.3)
+    front = sorted((p["latency_ms"], p["map50"], p["imgsz"]) for p in report["front"].values()
+                   if p.get("latency_ms") is not None)
+    if front:
+        ax.plot([t for t, _, _ in front], [m for _, m, _ in front], "-o", color="black", label="dense, by input size")
+        for t, m, size in front:
+            ax.annotate(str(size), (t, m), xytext=(4, -10), textcoords="offset points", fontsize=8)
+    for name, level in report["levels"].items():
+        if level.get("latency_ms") is not None and level.get("map50") is not None:
+            ax.plot([level["latency_ms"]], [level["map50"]], "*", markersize=14,
+                    label=f"level {name} ({level['imgsz']} px)")
+    ax.legend(loc="lower right")
+    path = out / f"{stem}_map_vs_latency.png"
+    _save_png(figure, path)
+    return path

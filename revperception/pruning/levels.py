@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from revperception.pruning.structure import ChannelGroup
 
@@ -20,10 +20,12 @@ PRUNED = "pruned"
 
 @dataclass(frozen=True)
 class Levels:
-    """Level names from smallest to full, and per level the channels kept in each group."""
+    """Level names from smallest to full, per level the channels kept in each group, and the input size of the
+    levels that run at their own (a smaller input is the cheapest latency a level can buy)."""
 
     names: tuple[str, ...]
     keep: dict[str, tuple[int, ...]]
+    imgsz: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.names[-1] != FULL or self.names[0] != PRUNED or len(set(self.names)) != len(self.names):
@@ -31,18 +33,26 @@ class Levels:
         for smaller, larger in zip(self.names, self.names[1:], strict=False):
             if any(a > b for a, b in zip(self.keep[smaller], self.keep[larger], strict=True)):
                 raise ValueError(f"level {smaller!r} is not nested in {larger!r}")
+        for name, size in self.imgsz.items():
+            if name not in self.keep or not (isinstance(size, int) and size > 0):
+                raise ValueError(f"input size {size!r} for level {name!r}: levels are {self.names}, sizes positive")
 
     def index(self, name: str) -> int:
         if name not in self.keep:
             raise KeyError(f"unknown level {name!r}; this model has {', '.join(self.names)}")
         return self.names.index(name)
 
+    def size(self, name: str, default: int) -> int:
+        """The input size level `name` runs at: its own, or `default` (the model's)."""
+        return self.imgsz.get(name, default)
+
     def to_json(self) -> dict[str, list[int]]:
         return {name: list(self.keep[name]) for name in self.names}
 
     @classmethod
-    def from_json(cls, data: dict[str, list[int]], names: Sequence[str]) -> Levels:
-        return cls(names=tuple(names), keep={name: tuple(int(k) for k in data[name]) for name in names})
+    def from_json(cls, data: dict[str, list[int]], names: Sequence[str], imgsz: dict[str, int] | None = None) -> Levels:
+        return cls(names=tuple(names), keep={name: tuple(int(k) for k in data[name]) for name in names},
+                   imgsz=dict(imgsz or {}))
 
 
 def kept_channels(size: int, fraction: float, round_to: int = 1) -> int:

@@ -70,8 +70,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "checkpoint": ("", describe("reversible checkpoint (*.rvp.safetensors) from `revperception prune`",
                                  read_only=True)),
     "device": ("cpu", describe("torch device: cpu, cuda, cuda:1", read_only=True)),
-    "imgsz": (640, describe("inference size (longest side, pixels)", read_only=True, low=32, high=4096,
-                             integer=True)),
+    "imgsz": (0, describe("inference size (longest side, pixels) for every level; 0 = each level's own, from the "
+                           "checkpoint", read_only=True, low=0, high=4096, integer=True)),
     "conf": (0.25, describe("confidence threshold", low=0.0, high=1.0)),
     "iou": (0.45, describe("NMS IoU threshold", low=0.0, high=1.0)),
     "max_det": (300, describe("most detections per frame", low=1, high=10000, integer=True)),
@@ -170,13 +170,14 @@ class PerceptionNode(LifecycleNode):
         self._debug = self.create_publisher(Image, "~/debug_image", qos.IMAGE_SENSOR_DATA)
         self.get_logger().info(
             f"configured: {Path(checkpoint).name} (sha256 {self.weights_sha256[:12]}), levels "
-            f"{', '.join(self.detector.levels)}, on {self.param('device')}, imgsz {self.detector.detector.imgsz}")
+            f"{', '.join(self.detector.levels)} at {', '.join(map(str, self.detector.sizes))} px, "
+            f"on {self.param('device')}")
         return TransitionCallbackReturn.SUCCESS
 
     def _load(self, checkpoint: str) -> ReversibleDetector:
         """The detector, warmed up at every level so that neither the first frame nor the first switch is late."""
         detector = ReversibleDetector.from_checkpoint(
-            checkpoint, device=self.param("device"), imgsz=self.param("imgsz"), conf=self.param("conf"),
+            checkpoint, device=self.param("device"), imgsz=self.param("imgsz") or None, conf=self.param("conf"),
             iou=self.param("iou"), max_det=self.param("max_det"), classes=self.param("classes") or None,
             start_level=self.param("start_level"))
         detector.warm_up()

@@ -1,7 +1,7 @@
 """`make demo-model`: the demo checkpoint from nothing, with the package's own tools and no download.
 
 Synthetic road scenes (`tools.synthetic.write_dataset`) -> YOLOv5n trained from `yolov5n.yaml` by Ultralytics
--> the offline pipeline (`revperception prune`: fine-tune down with masks, then up) -> one reversible
+-> the offline pipeline (`revperception prune`: allocate channels, train the pruned level's own state) -> one reversible
 checkpoint plus a JSON report of the settings, the time of each phase and mAP50 on the held-out val scenes.
 """
 
@@ -34,15 +34,10 @@ class DemoSettings:
     close_mosaic: int = 4  # mosaic epochs first (more objects per batch), then the scenes as the drive shows them
     batch: int = 16
     workers: int = 2
-    prune_step: float = 0.1  # 20 % of filters (~40 % of parameters) pass; 30 % halves the 32-channel groups
-    prune_epochs: int = 1
-    max_drop: float = 0.1
-    up_epochs: int = 2
-    # Ultralytics' detection loss on the exact synthetic labels: after 12 epochs the dense model is still
-    # learning, and distilling from it (3e-5 at a 20 % step, 3e-4 at 10 %) fell to 0.55 mAP50 from 0.69,
-    # where this loss and rate keep 0.66 at 20 %.
-    prune_loss: str = "detect"
-    prune_lr: float = 1e-4
+    prune_sparsity: float = 0.4  # parameter sparsity of the pruned level
+    prune_allocation: str = "params"
+    prune_epochs: int = 5
+    prune_lr: float = 1e-3
 
 
 def train_dense(data: Path, work: Path, s: DemoSettings) -> tuple[Path, float]:
@@ -60,11 +55,11 @@ def train_dense(data: Path, work: Path, s: DemoSettings) -> tuple[Path, float]:
 def evaluate_levels(checkpoint: Path, data: Path, imgsz: int) -> dict[str, dict[str, float]]:
     """mAP of every level of the written checkpoint, through the runtime the node uses (as `revperception eval`)."""
     from revperception.checkpoint import load_reversible
-    from revperception.offline import evaluate
+    from revperception.offline.evaluate import evaluate
     from revperception.runtime import ReversibleModel
 
     pruned = load_reversible(checkpoint)
-    model = ReversibleModel(pruned.model, pruned.groups, pruned.levels)
+    model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, private=pruned.private)
     results = {}
     for level in pruned.levels.names:
         model.set_level(level)
@@ -98,7 +93,7 @@ def build_demo_model(out: Path, work: Path, s: DemoSettings) -> dict[str, Any]:
     import torch
     import ultralytics
 
-    from revperception.checkpoint import atomic_write_bytes, atomic_write_text
+    from revperception.io import atomic_write_bytes, atomic_write_text
     from revperception.offline.pipeline import PruneConfig, run_pipeline
     from revperception.tools.synthetic import write_dataset
 
@@ -116,8 +111,8 @@ def build_demo_model(out: Path, work: Path, s: DemoSettings) -> dict[str, Any]:
     staged = work / "prune" / out.name
     staged.parent.mkdir(parents=True, exist_ok=True)
     cfg = PruneConfig(weights=str(best), data=str(data), out=str(staged), imgsz=s.imgsz, batch=s.batch,
-                      epochs=s.prune_epochs, step=s.prune_step, max_drop=s.max_drop, levels=1,
-                      up_epochs=s.up_epochs, loss=s.prune_loss, lr=s.prune_lr, workers=s.workers, seed=s.seed)
+                      sparsity=s.prune_sparsity, allocation=s.prune_allocation, epochs=s.prune_epochs,
+                      lr=s.prune_lr, workers=s.workers, seed=s.seed, front=[s.imgsz])
     prune_report = run_pipeline(cfg)
     timing["prune_s"] = time.perf_counter() - mark
 
@@ -134,12 +129,10 @@ def build_demo_model(out: Path, work: Path, s: DemoSettings) -> dict[str, Any]:
         "checkpoint": out.name, "checkpoint_bytes": out.stat().st_size, "settings": asdict(s),
         "dataset": {"train": s.train_images, "val": s.val_images, "seed": s.seed, "fogged_fraction": s.fogged,
                     "val_held_out": "disjoint seed stream"},
-        "map50_val": {"dense": prune_report["dense"]["map50"], "dense_ultralytics": ultralytics_map50,
-                      **{name: lv["map50"] for name, lv in levels.items()}},
-        "map50_95_val": {"dense": prune_report["dense"]["map50_95"],
-                         **{name: lv["map50_95"] for name, lv in levels.items()}},
+        "map50_val": {"dense_ultralytics": ultralytics_map50, **{name: lv["map50"] for name, lv in levels.items()}},
+        "map50_95_val": {name: lv["map50_95"] for name, lv in levels.items()},
         "param_sparsity": 1 - params["pruned"] / params["full"], "params": params,
-        "pruning_steps": prune_report["steps"], "drive_detections": detections,
+        "pruning": prune_report, "drive_detections": detections,
         "timing_s": {k: round(v, 1) for k, v in timing.items()},
         "versions": {"torch": torch.__version__, "ultralytics": ultralytics.__version__,
                      "python": sys.version.split()[0]},

@@ -358,7 +358,7 @@ def write_dataset(root: str | Path, *, train: int = 800, val: int = 160, seed: i
     Train and val scenes come from disjoint seed streams, so val is held out; a `fogged` fraction of each
     split is seen through fog of random density up to `max_fog`, so the detector also learns foggy objects.
     """
-    from revperception.checkpoint import atomic_write_bytes  # imports torch: only the writer needs it
+    from revperception.io import atomic_write_bytes
 
     root = Path(root).resolve()
     for split_index, (split, count) in enumerate((("train", train), ("val", val))):
