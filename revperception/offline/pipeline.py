@@ -35,14 +35,10 @@ from revperception.offline.finetune import freeze_batchnorm, reestimate_batchnor
 from revperception.offline.losses import head_distance, raw_outputs
 from revperception.offline.masks import ChannelMasks, trainable_only
 from revperception.offline.report import plot_report, write_report
-from revperception.pruning import FULL, PRUNED, Levels, find_groups, permute_to_prefix, rank_channels
+from revperception.pruning import FULL, Levels, find_groups, permute_to_prefix, rank_channels
+from revperception.pruning.levels import level_names
 from revperception.pruning.prune import PrunedModel
 from revperception.runtime import ReversibleModel, fuse_batchnorms
-
-
-def level_names(count: int) -> tuple[str, ...]:
-    """`pruned`, `level1`, ... `level{count-1}`, `full`: smallest first."""
-    return (PRUNED, *(f"level{i}" for i in range(1, count)), FULL)
 
 
 class Pipeline:
@@ -78,7 +74,7 @@ class Pipeline:
     def allocate(self) -> Levels:
         """Nested keep counts, largest pruned level first; each level continues pruning where the last stopped."""
         cfg, masks = self.cfg, ChannelMasks(self.model, self.groups)
-        goals = [cfg.sparsity * (i + 1) / cfg.levels for i in range(cfg.levels)]  # level1..pruned order reversed
+        goals = [cfg.sparsity * (i + 1) / cfg.levels for i in range(cfg.levels)]  # largest level first
         keep: dict[str, tuple[int, ...]] = {FULL: tuple(g.size for g in self.groups)}
         alive = masks.full()
         for name, goal in zip(reversed(self.names[:-1]), goals, strict=True):
@@ -112,9 +108,9 @@ class Pipeline:
     # -- each level's own state ---------------------------------------------------------------------
 
     def train_level(self, name: str, levels: Levels) -> dict[str, torch.Tensor]:
-        """The level's own state (BatchNorm terms, head biases), trained by distillation
-        from the dense model at the level's input size, from BatchNorm statistics re-estimated there; the epoch
-        that validates best (the untrained state included) is kept. Returns what differs from the shared state."""
+        """The level's own state (the shifts of the BatchNorms pruning touched, head biases), trained by distillation
+        from the dense model at the level's input size, from BatchNorm means re-estimated there; the epoch that
+        validates best (the untrained state included) is kept. Returns what differs from the shared state."""
         cfg, size = self.cfg, self.sizes[name]
         student = copy.deepcopy(self.model)
         masks = ChannelMasks(student, self.groups)
@@ -131,14 +127,13 @@ class Pipeline:
         keys = [n for n, t in student.state_dict().items() if _owned(n, student) and t.is_floating_point()]
         shared = (self._validate(student, size), _state(student, keys))
         reestimate_batchnorm(student, self.model, loader, self.device)  # its own means, at its size
-        record = {"imgsz": size, "val_map50_shared_statistics": shared[0], "epochs": []}
         best = (self._validate(student, size), 0, _state(student, keys))
-        if shared[0] > best[0]:  # re-estimated statistics are kept only if they validate at least as well
+        record = {"imgsz": size, "val_map50_shared_means": shared[0], "val_map50_own_means": best[0], "epochs": []}
+        print(f"{name}: untrained, val mAP50 {shared[0]:.4f} (its own means {best[0]:.4f}) at {size} px", flush=True)
+        if shared[0] > best[0]:  # re-estimated means are kept only if they validate at least as well
             best = (shared[0], 0, shared[1])
             student.load_state_dict(shared[1], strict=False)
         record["epochs"].append({"epoch": 0, "val_map50": best[0]})
-        print(f"{name}: untrained, val mAP50 {shared[0]:.4f} (its own statistics {best[0]:.4f}) at {size} px",
-              flush=True)
         with trainable_only(student, own) as params:
             optimizer = torch.optim.Adam(params, lr=cfg.lr)  # no weight decay: pruned channels' zeros stay zero
             for epoch in range(1, cfg.epochs + 1):

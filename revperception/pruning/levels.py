@@ -55,6 +55,11 @@ class Levels:
                    imgsz=dict(imgsz or {}))
 
 
+def level_names(count: int) -> tuple[str, ...]:
+    """`count` pruned levels and full, smallest first: `pruned`, `level1`, ... `level{count-1}`, `full`."""
+    return (PRUNED, *(f"level{i}" for i in range(1, count)), FULL)
+
+
 def kept_channels(size: int, fraction: float, round_to: int = 1) -> int:
     """Channels left when `fraction` of `size` filters are pruned, rounded to the nearest multiple of `round_to`.
 
@@ -73,7 +78,7 @@ def plan_levels(groups: Sequence[ChannelGroup], fractions: Sequence[float], roun
     if not fractions or any(not 0.0 < f < 1.0 for f in fractions):
         raise ValueError(f"filter fractions must lie in (0, 1), got {list(fractions)}")
     ordered = sorted(set(fractions), reverse=True)
-    names = (PRUNED, *(f"level{i}" for i in range(1, len(ordered))), FULL)
+    names = level_names(len(ordered))
     keep = {
         name: tuple(kept_channels(g.size, f, round_to) for g in groups)
         for name, f in zip(names[:-1], ordered, strict=True)
