@@ -6,9 +6,10 @@ the same Parameters and, per level, views of them: switching a level is one inte
 once at the start of each forward pass. Nothing is copied, re-allocated or loaded; a switch requested
 during an inference takes effect at the next one, and no pass can see two levels.
 
-A level may also own a little state of its own (`private`: BatchNorm statistics and affine terms, head
-biases), so that making a pruned level accurate never moves what the full level computes. Folded, it
-becomes a per-channel scale and shift applied after that level's conv; the full level reads none of it.
+A level may also own a little state of its own (`private`: any BatchNorm term, conv bias or conv weight by
+state-dict name), so that making a pruned level accurate never moves what the full level computes; the full
+level reads none of it. Folded, a level's own BatchNorm shift replaces the shared bias at no cost, while its
+own scale costs one more pass over the conv's output (the pipeline therefore trains shifts only).
 """
 
 from __future__ import annotations

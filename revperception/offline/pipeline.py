@@ -30,7 +30,7 @@ from revperception.offline.allocation import (
     used_parameters,
 )
 from revperception.offline.config import PruneConfig
-from revperception.offline.evaluate import evaluate
+from revperception.offline.evaluate import evaluate, read_data
 from revperception.offline.finetune import freeze_batchnorm, reestimate_batchnorm, train_loader
 from revperception.offline.losses import head_distance, raw_outputs
 from revperception.offline.masks import ChannelMasks, trainable_only
@@ -245,7 +245,7 @@ class Pipeline:
             private[name] = self.train_level(name, levels)
             self.report["timing"][f"train_{name}_s"] = time.monotonic() - began
         info = {"source": self.loaded.source, "ranking": "l1", "round_to": cfg.round_to, "allocation": cfg.allocation,
-                "finetune": "level-private BatchNorm and head biases, distilled"}
+                "finetune": "level-private BatchNorm shifts and head biases, distilled"}
         pruned = PrunedModel(model=self.model, names=self.loaded.names, stride=self.loaded.stride, imgsz=cfg.imgsz,
                              arch=self.loaded.arch, groups=self.groups, levels=levels, info=info, private=private)
         began = time.monotonic()
@@ -266,7 +266,7 @@ class Pipeline:
 def _owned(name: str, model: nn.Module) -> bool:
     """Whether a level owns this state-dict entry: what sets a BatchNorm's shift (its bias and mean), and the
     biases of convs without BatchNorm. Never a scale: folded, a level's own scale is one more pass over each
-    output (measured: 15 % of the pruned level's time), where its own shift replaces the shared bias for free."""
+    output (see the README for what it cost), where its own shift replaces the shared bias for free."""
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
     if isinstance(module, nn.BatchNorm2d):
@@ -282,8 +282,6 @@ def _state(model: nn.Module, keys: list[str]) -> dict[str, torch.Tensor]:
 
 def _report_split(data: str) -> str:
     """`test` when the data has one (figures nobody chose on), else `val` (and the report says so)."""
-    from revperception.offline.evaluate import read_data
-
     try:
         read_data(data, "test")
     except ValueError:
