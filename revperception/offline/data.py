@@ -31,14 +31,6 @@ def _image_files(entries: list[str]) -> list[str]:
     return [os.path.abspath(f) for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS]
 
 
-def _first_difference(a: dict[Any, Any], b: dict[Any, Any]) -> str:
-    """Where two `names` maps first disagree, for an error a person can act on."""
-    for key in sorted(set(a) | set(b), key=str):
-        if a.get(key) != b.get(key):
-            return f"class {key}: {a.get(key)!r} vs {b.get(key)!r}"
-    return "same classes, different order"
-
-
 _SPLITS = ("train", "val", "test")
 _RULE = ("per labelled source: images sorted by (file name, path); test = images (2j+1)*n//(2m) of the n, "
          "counting from 0; val = the same rule among the rest; the rest and every unlabelled image train")
