@@ -67,20 +67,23 @@ def _eval(args: argparse.Namespace) -> int:
     from revperception.io import atomic_write_text
     from revperception.models import load_model
     from revperception.offline.evaluate import evaluate
-    from revperception.runtime import ReversibleModel
+    from revperception.pruning import FULL
+    from revperception.pruning.prune import prune_to_levels
+    from revperception.runtime import build_levels
 
     if bool(args.checkpoint) == bool(args.weights):
         print("revperception eval: error: give exactly one of --checkpoint or --weights", file=sys.stderr)
         return 2
     if args.checkpoint:
         pruned = load_reversible(args.checkpoint)
-        model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, start_level=args.level,
-                                device=args.device, private=pruned.private)
         level, imgsz = args.level, args.imgsz or pruned.levels.size(args.level, pruned.imgsz)
-    else:
-        model, level, imgsz = load_model(args.weights).model, "dense", args.imgsz or 640
+    else:  # a dense model is a checkpoint with one level, so that it runs on every backend the same way
+        pruned, level, imgsz = prune_to_levels(load_model(args.weights), [0.0]), FULL, args.imgsz or 640
+    model = build_levels(pruned, backend=args.backend, precision=args.precision, device=args.device,
+                         start_level=level, sizes=dict.fromkeys(pruned.levels.names, imgsz))
+    level = level if args.checkpoint else "dense"
     result = {**evaluate(model, args.data, imgsz=imgsz, device=args.device, split=args.split), "level": level,
-              "imgsz": imgsz}
+              "imgsz": imgsz, "backend": args.backend, "precision": model.precision}
     for key in ("map50", "map50_95", "precision", "recall", "images", "level"):
         print(f"{key:<10} {result[key]:.4f}" if isinstance(result[key], float) else f"{key:<10} {result[key]}")
     if args.json:
@@ -107,7 +110,7 @@ def _bench(args: argparse.Namespace) -> int:
     from revperception.bench import format_table, run_bench, write_json
 
     result = run_bench(args.model, sparsity=args.sparsity, imgsz=args.imgsz, switches=args.switches,
-                       loads=args.loads, runs=args.runs)
+                       loads=args.loads, runs=args.runs, backend=args.backend, precision=args.precision)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -119,10 +122,18 @@ def _bench_node(args: argparse.Namespace) -> int:
     from revperception.tools.node_bench import format_node_bench, run_node_bench
 
     result = run_node_bench(args.checkpoint, trials=args.trials, imgsz=args.imgsz, camera_hz=args.camera_hz,
-                            throughput_s=args.throughput_s)
+                            throughput_s=args.throughput_s, backend=args.backend, precision=args.precision)
     print(format_node_bench(result))
     if args.json:
         write_json(result, args.json)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from revperception.export import export_level
+
+    out = export_level(args.checkpoint, args.level, args.format, args.out)
+    print(f"wrote {out}: level {args.level} of {args.checkpoint} as {args.format}")
     return 0
 
 
@@ -163,12 +174,21 @@ def _env(_: argparse.Namespace) -> int:
     import vision_msgs
     from rclpy.utilities import get_rmw_implementation_identifier
 
+    from revperception.precision import cpu_has_amx, resolve
+
     print(f"python       {sys.version.split()[0]}")
     print(f"torch        {torch.__version__} (threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()})")
     print(f"ultralytics  {ultralytics.__version__}")
     print(f"rclpy        {rclpy.__file__}")
     print(f"rmw          {get_rmw_implementation_identifier()}")
     print(f"vision_msgs  {vision_msgs.__file__}")
+    try:
+        import openvino
+
+        print(f"openvino     {openvino.__version__} (devices {', '.join(openvino.Core().available_devices)})")
+    except ImportError:
+        print("openvino     absent (backend torch only)")
+    print(f"precision    auto = {resolve('auto', 'cpu')} on this CPU (AMX: {'yes' if cpu_has_amx() else 'no'})")
     return 0
 
 
@@ -197,6 +217,54 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     prune.add_argument("--ranking", choices=("l1", "l2", "taylor"), default="l1",
                        help="--no-finetune: filter importance")
     prune.set_defaults(func=_prune)
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """--backend and --precision, as the node's parameters of the same names take them."""
+    from revperception.precision import PRECISIONS
+    from revperception.runtime import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch: one set of shared weights; openvino: each level compiled once (default: torch)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="auto: the fastest the device runs natively (default: fp32)")
+
+
+def _add_speed_tools(sub: argparse._SubParsersAction) -> None:
+    """`bench`, `export` and `bench-node`: how fast each level runs, and each level as a file for other runtimes."""
+    from revperception.export import FORMATS
+
+    bench = sub.add_parser("bench", help="time swaps, disk loads and inference of a reversible model")
+    bench.add_argument("--model", required=True, help="checkpoint, or a model to prune on the fly (no fine-tune)")
+    bench.add_argument("--sparsity", type=float, default=0.36, help="filter fraction when pruning on the fly")
+    bench.add_argument("--imgsz", type=int,
+                       help="run every level at this size (default: each level at its own; 640 pruning on the fly)")
+    bench.add_argument("--switches", type=int, default=200, help="level switches timed (median reported)")
+    bench.add_argument("--loads", type=int, default=5, help="disk loads timed (median reported)")
+    bench.add_argument("--runs", type=int, default=10, help="interleaved inferences per level")
+    _add_runtime_options(bench)
+    bench.add_argument("--json", help="also write the results here")
+    bench.set_defaults(func=_bench)
+
+    export = sub.add_parser("export", help="write one level of a checkpoint as ONNX (TensorRT, ONNX Runtime) or "
+                                           "OpenVINO IR, with its class names and input size")
+    export.add_argument("--checkpoint", required=True, help="*.rvp.safetensors")
+    export.add_argument("--level", default="pruned", help="the checkpoint level to write")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, type=Path,
+                        help="onnx: the .onnx file; openvino: a folder for <name>.xml, .bin and metadata.yaml")
+    export.set_defaults(func=_export)
+
+    node_bench = sub.add_parser("bench-node", help="the node over DDS: anomaly -> full-level detections, throughput")
+    node_bench.add_argument("--checkpoint", type=Path, required=True, help="*.rvp.safetensors")
+    node_bench.add_argument("--imgsz", type=int, default=640)
+    node_bench.add_argument("--trials", type=int, default=50, help="anomaly trials (median and worst reported)")
+    node_bench.add_argument("--camera-hz", type=float,
+                            help="camera rate (default: 30 Hz, or 1.25x the bare pruned fps if faster; <= 60)")
+    node_bench.add_argument("--throughput-s", type=float, default=10.0, help="seconds of throughput measurement")
+    _add_runtime_options(node_bench)
+    node_bench.add_argument("--json", help="also write the results here")
+    node_bench.set_defaults(func=_bench_node)
 
 
 def _add_bag_tools(sub: argparse._SubParsersAction) -> None:
@@ -257,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--split", default="val")
     evaluation.add_argument("--imgsz", type=int, help="default: the level's own input size, or 640 for --weights")
     evaluation.add_argument("--device", default="cpu")
+    _add_runtime_options(evaluation)
     evaluation.add_argument("--json", help="also write the results here")
     evaluation.set_defaults(func=_eval)
 
@@ -272,27 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="unlabelled image folder or .txt list, train only (repeatable)")
     split.set_defaults(func=_split)
 
-    bench = sub.add_parser("bench", help="time swaps, disk loads and inference of a reversible model")
-    bench.add_argument("--model", required=True, help="checkpoint, or a model to prune on the fly (no fine-tune)")
-    bench.add_argument("--sparsity", type=float, default=0.36, help="filter fraction when pruning on the fly")
-    bench.add_argument("--imgsz", type=int,
-                       help="run every level at this size (default: each level at its own; 640 pruning on the fly)")
-    bench.add_argument("--switches", type=int, default=200, help="level switches timed (median reported)")
-    bench.add_argument("--loads", type=int, default=5, help="disk loads timed (median reported)")
-    bench.add_argument("--runs", type=int, default=10, help="interleaved inferences per level")
-    bench.add_argument("--json", help="also write the results here")
-    bench.set_defaults(func=_bench)
-
-    node_bench = sub.add_parser("bench-node", help="the node over DDS: anomaly -> full-level detections, throughput")
-    node_bench.add_argument("--checkpoint", type=Path, required=True, help="*.rvp.safetensors")
-    node_bench.add_argument("--imgsz", type=int, default=640)
-    node_bench.add_argument("--trials", type=int, default=50, help="anomaly trials (median and worst reported)")
-    node_bench.add_argument("--camera-hz", type=float,
-                            help="camera rate (default: 30 Hz, or 1.25x the bare pruned fps if faster; <= 60)")
-    node_bench.add_argument("--throughput-s", type=float, default=10.0, help="seconds of throughput measurement")
-    node_bench.add_argument("--json", help="also write the results here")
-    node_bench.set_defaults(func=_bench_node)
-
+    _add_speed_tools(sub)
     _add_bag_tools(sub)
 
     env = sub.add_parser("env", help="print the versions and middleware this environment uses")
@@ -302,11 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from revperception.checkpoint import CheckpointError
+    from revperception.export import BackendError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as err:  # bad input: one line, exit 1
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError, BackendError) as err:  # one line, exit 1
         print(f"revperception {args.command}: error: {err}", file=sys.stderr)
         return 1
 

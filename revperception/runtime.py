@@ -14,6 +14,7 @@ own scale costs one more pass over the conv's output (the pipeline therefore tra
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +27,12 @@ from torch import nn
 
 from revperception.checkpoint import load_reversible
 from revperception.models import Detections, Detector
+from revperception.precision import DTYPES, FP16, FP32, resolve
 from revperception.pruning import FULL, PRUNED, ChannelGroup, Levels
+from revperception.pruning.prune import PrunedModel
+
+TORCH, OPENVINO = "torch", "openvino"
+BACKENDS = (TORCH, OPENVINO)
 
 Run = tuple[int, int]  # (start, length) along one tensor dimension
 
@@ -98,6 +104,19 @@ class SlicedConv2d(nn.Module):
         parts = weight if isinstance(weight, tuple) else (weight,)
         return sum(t.numel() for t in parts) + (0 if bias is None else bias.numel())
 
+    def standalone(self, index: int) -> nn.Conv2d:
+        """Level `index` of this conv as a plain Conv2d holding copies of its slices (own scale folded in)."""
+        weight, bias, scale = self._plans[index]
+        weight = torch.cat(weight, dim=1) if isinstance(weight, tuple) else weight
+        if scale is not None:
+            weight = weight * scale.view(-1, 1, 1, 1)
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), self.stride, self.padding,
+                         self.dilation, bias=bias is not None)
+        conv.weight = nn.Parameter(weight.detach().clone().contiguous(), requires_grad=False)
+        if bias is not None:
+            conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return conv
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias, scale = self._plans[self._state.current]
         if isinstance(weight, tuple):
@@ -130,6 +149,14 @@ class SlicedBatchNorm2d(nn.Module):
     def parameter_count(self, index: int) -> int:
         _, _, weight, bias = self._plans[index]
         return weight.numel() + bias.numel()
+
+    def standalone(self, index: int) -> nn.BatchNorm2d:
+        """Level `index` of this BatchNorm as a plain BatchNorm2d holding copies of its slices."""
+        mean, var, weight, bias = (t.detach().clone() for t in self._plans[index])
+        bn = nn.BatchNorm2d(len(mean), eps=self.eps).eval()
+        bn.running_mean, bn.running_var = mean, var
+        bn.weight, bn.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
+        return bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, var, weight, bias = self._plans[self._state.current]
@@ -197,29 +224,84 @@ def own_convs(model: nn.Module, private: Sequence[dict[str, torch.Tensor]]) -> d
     return owned
 
 
+def _float_inputs(_: nn.Module, args: tuple) -> tuple:
+    return tuple([t.float() for t in a] if isinstance(a, (list, tuple)) else a.float() for a in args)
+
+
+def reduce_precision(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast `model` to `dtype` in place, but for its detection heads: their box decoding multiplies grid offsets
+    by strides, and bf16's 8-bit mantissa would round box corners to whole pixels (and coarser past 256)."""
+    model.to(dtype)
+    for head in (m for m in model.modules() if hasattr(m, "nl") and hasattr(m, "stride")):
+        head.float()
+        head.register_forward_pre_hook(_float_inputs)
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-class ReversibleModel(nn.Module):
+class LevelRunner:
+    """Runs a reversible model's levels (`ReversibleModel`: torch; `CompiledLevels`: OpenVINO) behind the switch
+    both share: one assignment of the requested level's index, read once at the start of each pass, so a switch
+    requested during a pass takes effect at the next one."""
+
+    backend: str
+    precision: str
+    levels: Levels
+    _requested: int
+
+    @property
+    def level(self) -> str:
+        """The level the next pass will run."""
+        return self.levels.names[self._requested]
+
+    def set_level(self, name: str) -> None:
+        """Switch architecture: one assignment, no I/O, no allocation, no compile; effective from the next pass."""
+        self._requested = self.levels.index(name)
+
+    def requested(self) -> int:
+        """The index of the level requested now: read once by a caller that prepares a pass for that level."""
+        return self._requested
+
+    def run(self, x: torch.Tensor, index: int | None = None) -> tuple[torch.Tensor, str]:
+        """One pass at level `index` (default: the requested one): the raw head output and that level's name."""
+        raise NotImplementedError
+
+
+class ReversibleModel(nn.Module, LevelRunner):
     """A detection network that runs any of its nested levels on one set of weights.
 
     It takes over `model`: BatchNorms are folded and prunable layers replaced in place, so the caller's
     module becomes the reversible one (no copy of the weights is ever made).
     """
 
+    backend = TORCH
+
     @torch.no_grad()
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], levels: Levels, *, fuse: bool = True,
                  channels_last: bool = True, start_level: str = PRUNED, device: str | torch.device = "cpu",
-                 private: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+                 private: dict[str, dict[str, torch.Tensor]] | None = None, precision: str = FP32) -> None:
         super().__init__()
+        self.precision = resolve(precision, device)
+        if self.precision == FP16 and torch.device(device).type != "cuda":
+            raise ValueError("precision fp16 runs on CUDA with the torch backend; on a CPU use bf16 or fp32, or "
+                             "backend openvino")
+        self.dtype = DTYPES[self.precision]
         model.to(device)  # before any view is taken: views must point at the weights that will run
         unknown = set(private or {}) - set(levels.names)
         if unknown:
             raise ValueError(f"private state for unknown levels {sorted(unknown)}; levels are {levels.names}")
         own = [{k: v.to(device) for k, v in (private or {}).get(name, {}).items()} for name in levels.names]
         owned = fuse_batchnorms(model, own) if fuse else own_convs(model, own)
+        if self.dtype != torch.float32:  # one set of weights still: cast in place, once, before any view is taken
+            reduce_precision(model, self.dtype)
+            modules, dtypes = dict(model.named_modules()), {k: v.dtype for k, v in model.state_dict().items()}
+            owned = {name: [Own(*(None if t is None else t.to(modules[name].weight.dtype)
+                                  for t in (o.weight, o.scale, o.bias))) for o in levels]
+                     for name, levels in owned.items()}
+            own = [{k: v.to(dtypes.get(k, self.dtype)) for k, v in level.items()} for level in own]  # fused: gone
         self.channels_last = channels_last
         if channels_last:  # oneDNN runs NHWC without reordering every activation to its blocked layout and back
             for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
@@ -265,31 +347,47 @@ class ReversibleModel(nn.Module):
                 count += sum(p.numel() for p in module.parameters(recurse=False))
         return count
 
-    @property
-    def level(self) -> str:
-        """The level the next forward pass will run."""
-        return self.levels.names[self._requested]
-
-    def set_level(self, name: str) -> None:
-        """Switch architecture: one assignment, no I/O, no allocation; effective from the next pass."""
-        self._requested = self.levels.index(name)
-
-    def requested(self) -> int:
-        """The index of the level requested now: read once by a caller that prepares a pass for that level."""
-        return self._requested
-
     def run(self, x: torch.Tensor, index: int | None = None) -> tuple[torch.Tensor, str]:
         """One forward pass at level `index` (default: the requested one); returns the raw head output and that
         level's name."""
+        x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._lock:  # passes are serialised, so the level a pass reads cannot change under it
             self._state.current = index = self._requested if index is None else index
             out = self.model(x)
-        return (out[0] if isinstance(out, (tuple, list)) else out), self.levels.names[index]
+        return (out[0] if isinstance(out, (tuple, list)) else out).float(), self.levels.names[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
+
+    @torch.no_grad()
+    def standalone(self, name: str) -> nn.Module:
+        """Level `name` as a plain dense network of its own (its channels only, copied out of the shared weights):
+        what an exporter or a compiler takes. The reversible model is left as it was."""
+        index = self.levels.index(name)
+        plain = {id(m): m.standalone(index) for m in self.model.modules()
+                 if isinstance(m, (SlicedConv2d, SlicedBatchNorm2d))}
+        return copy.deepcopy(self.model, memo=plain).eval()
+
+
+def build_levels(pruned: PrunedModel, *, backend: str = TORCH, precision: str = FP32,
+                 device: str | torch.device = "cpu", start_level: str = PRUNED, sizes: dict[str, int] | None = None,
+                 fuse: bool = True) -> LevelRunner:
+    """The levels of `pruned` on `backend`: torch takes over `pruned.model` (one set of shared weights);
+    openvino compiles each level once, at `sizes` (default: each level's own), from a copy of its channels."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == TORCH:
+        return ReversibleModel(pruned.model, pruned.groups, pruned.levels, fuse=fuse, start_level=start_level,
+                               device=device, private=pruned.private, precision=precision)
+    from revperception.compiled import CompiledLevels  # imports openvino, an optional dependency: only when asked
+
+    sizes = sizes or {name: pruned.levels.size(name, pruned.imgsz) for name in pruned.levels.names}
+    reversible = ReversibleModel(pruned.model, pruned.groups, pruned.levels, channels_last=False,
+                                 private=pruned.private)
+    return CompiledLevels(reversible, [sizes[name] for name in pruned.levels.names], precision=precision,
+                          device=str(device), start_level=start_level)
 
 
 class ReversibleDetector:
@@ -298,11 +396,12 @@ class ReversibleDetector:
     Each level runs at its input size (`sizes`); `imgsz`, when given, runs every level at that size instead.
     """
 
-    def __init__(self, model: ReversibleModel, names: dict[int, str], *, stride: int = 32, imgsz: int | None = None,
+    def __init__(self, model: LevelRunner, names: dict[int, str], *, stride: int = 32, imgsz: int | None = None,
                  sizes: dict[str, int] | None = None, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
                  classes: list[int] | None = None) -> None:
         self.model = model
-        device = next(model.parameters()).device  # the model was built on its device; moving it would orphan views
+        # a torch model was built on its device (moving it would orphan views); OpenVINO takes numpy from the CPU
+        device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
         default = imgsz or 640
         self.sizes = tuple(imgsz or (sizes or {}).get(name, default) for name in model.levels.names)
         self.detector = Detector(model, names, stride=stride, imgsz=self.sizes[-1], conf=conf, iou=iou,
@@ -310,13 +409,24 @@ class ReversibleDetector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, fuse: bool = True, start_level: str = PRUNED,
-                        device: str | torch.device = "cpu", **options) -> ReversibleDetector:
-        """Load and verify a `*.rvp.safetensors` checkpoint (no pickle) and build the reversible model."""
+                        device: str | torch.device = "cpu", backend: str = TORCH, precision: str = FP32,
+                        imgsz: int | None = None, **options) -> ReversibleDetector:
+        """Load and verify a `*.rvp.safetensors` checkpoint (no pickle) and build its levels on `backend`
+        (torch: one set of shared weights; openvino: each level compiled once, here)."""
         loaded = load_reversible(path)
-        model = ReversibleModel(loaded.model, loaded.groups, loaded.levels, fuse=fuse, start_level=start_level,
-                                device=device, private=loaded.private)
-        sizes = {name: loaded.levels.size(name, loaded.imgsz) for name in loaded.levels.names}
+        sizes = {name: imgsz or loaded.levels.size(name, loaded.imgsz) for name in loaded.levels.names}
+        model = build_levels(loaded, backend=backend, precision=precision, device=device, start_level=start_level,
+                             sizes=sizes, fuse=fuse)
         return cls(model, loaded.names, stride=loaded.stride, sizes=sizes, **options)
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def precision(self) -> str:
+        """The precision the levels run at (`auto` resolved)."""
+        return self.model.precision
 
     @property
     def levels(self) -> tuple[str, ...]:

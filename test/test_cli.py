@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -40,6 +41,26 @@ def test_bench_reports_every_figure(checkpoint: Path, tmp_path: Path) -> None:
     assert result["resident_bytes"] <= 1.02 * result["dense_bytes"]
     assert result["encoding_bytes"] < 8000
     assert result["per_level"]["full"]["imgsz"] == 160 and result["per_level"]["pruned"]["latency_ms"] > 0
+    assert result["backend"] == "torch" and result["precision"] == "fp32"
+    assert result["swap_speedup_vs_build"] > 1000  # a switch against building the full model from disk
+    if importlib.util.find_spec("openvino"):
+        assert result["peer_dense_ms"] > 0 and "peer: dense, OpenVINO defaults" in proc.stdout
+    else:
+        assert result["peer_dense_ms"] is None
+
+
+def test_bench_on_openvino_compiles_every_level_once_and_times_the_peer(checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    out = tmp_path / "bench.json"
+    proc = revperception("bench", "--model", str(checkpoint), "--runs", "1", "--loads", "1", "--backend", "openvino",
+                         "--precision", "fp32", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["backend"] == "openvino" and result["precision"] == "fp32" and result["peer_dense_ms"] > 0
+    assert set(result["per_level"]) == {"pruned", "level1", "full"}
+    assert all(level["latency_ms"] > 0 for level in result["per_level"].values())
+    assert result["swap_speedup_vs_build"] > 1000  # a switch against compiling the level
+    assert result["resident_bytes"] > 0 and result["dense_bytes"] > 0
 
 
 def test_bench_times_every_level_at_its_own_input_size(checkpoint: Path, tmp_path: Path) -> None:

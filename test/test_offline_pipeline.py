@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,6 +155,22 @@ def test_eval_cli_uses_a_levels_own_input_size(run, data: Path, tmp_path: Path) 
     bad = subprocess.run([str(BIN / "revperception"), "eval", "--checkpoint", str(out), "--level", "tiny",
                           "--data", str(data)], capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 1 and "unknown level 'tiny'" in bad.stderr
+
+
+def test_eval_cli_gives_the_same_map_on_every_backend_at_fp32(run, data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    out, _, _ = run
+    maps = {}
+    for backend in ("torch", "openvino"):
+        result = tmp_path / f"{backend}.json"
+        proc = subprocess.run([str(BIN / "revperception"), "eval", "--checkpoint", str(out), "--level", PRUNED,
+                               "--data", str(data), "--split", "test", "--backend", backend, "--json", str(result)],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        values = json.loads(result.read_text())
+        assert values["backend"] == backend and values["precision"] == "fp32" and values["imgsz"] == 64
+        maps[backend] = (values["map50"], values["map50_95"])
+    np.testing.assert_allclose(maps["openvino"], maps["torch"], atol=1e-3)
 
 
 @torch.no_grad()

@@ -136,6 +136,18 @@ def test_full_level_detections_equal_the_dense_model(rig_factory, tiny_checkpoin
     assert [d.results[0].hypothesis.class_id for d in got] == want.class_names
 
 
+def test_the_openvino_backend_runs_each_level_and_reverts_on_an_anomaly(rig_factory) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (backend torch needs nothing more)")
+    rig = rig_factory(backend="openvino", precision="fp32", anomaly_clear_hold_s=0.0)
+    assert rig.send()["level"] == PRUNED
+    rig.set_anomaly(True)
+    assert rig.wait(lambda: rig.modes[-1] == FULL)
+    assert rig.send()["level"] == FULL
+    assert rig.wait(lambda: len(rig.detections) == 2) and all(d.detections for d in rig.detections)
+    assert rig.wait(lambda: rig.diagnostics, 5)
+    assert rig.diagnostics[-1]["backend"] == "openvino" and rig.diagnostics[-1]["precision"] == "fp32"
+
+
 def test_a_silent_anomaly_detector_means_full(rig_factory) -> None:
     rig = rig_factory(anomaly_timeout_s=0.3, anomaly_clear_hold_s=0.0)
     assert rig.wait(lambda: rig.modes[-1] == FULL)  # never heard from
@@ -255,7 +267,9 @@ def test_a_bad_checkpoint_refuses_to_start(ros_context: None, tiny_checkpoint: P
 
 
 @pytest.mark.parametrize(("params", "reason"), [({"checkpoint": ""}, "'checkpoint' is not set"),
-                                                ({"start_level": "fastest"}, "unknown level 'fastest'")])
+                                                ({"start_level": "fastest"}, "unknown level 'fastest'"),
+                                                ({"backend": "tensorrt"}, "backend 'tensorrt': choose one of"),
+                                                ({"precision": "fp16"}, "fp16 runs on CUDA with the torch backend")])
 def test_missing_checkpoint_or_unknown_level_refuses_to_start(ros_context: None, tiny_checkpoint: Path,
                                                               params: dict, reason: str) -> None:
     params = {"checkpoint": str(tiny_checkpoint), **params}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ class Detector:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         names: dict[int, str],
         *,
         stride: int = 32,
@@ -51,7 +52,7 @@ class Detector:
         device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
         self.names = dict(names)
         self.stride = stride
         self.imgsz = imgsz

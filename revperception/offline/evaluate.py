@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def _match(pred: torch.Tensor, cls: torch.Tensor, boxes: torch.Tensor) -> np.nda
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     data: str | Path,
     *,
     imgsz: int = 640,
@@ -92,8 +93,9 @@ def evaluate(
 ) -> dict[str, float | int]:
     """Evaluate `model` on the `split` of the Ultralytics data.yaml `data` (defaults: yolov5 val.py's).
 
-    Returns precision, recall, map50, map50_95, images and instances. The model is moved to `device` and
-    put in eval mode for the run, then handed back in the training mode it came in. `workers` is the
+    Returns precision, recall, map50, map50_95, images and instances. A torch model is moved to `device` and
+    put in eval mode for the run, then handed back in the training mode it came in; any other callable (a
+    compiled level) is called as it is. `workers` is the
     number of loader processes; 0 loads in this process and leaves the cores to the network.
     """
     cfg, image_dirs = read_data(data, split)
@@ -107,8 +109,10 @@ def evaluate(
     loader = build_dataloader(dataset, batch, workers, shuffle=False, device=device)
 
     device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
+    module = model if isinstance(model, nn.Module) else None  # a compiled level is a plain callable
+    was_training = module is not None and module.training
+    if module is not None:
+        module.to(device).eval()
     metrics = DetMetrics(names=names)
     images = instances = 0
     try:
@@ -137,7 +141,8 @@ def evaluate(
                 images += 1
                 instances += len(cls)
     finally:
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     metrics.process()
     precision, recall, map50, map50_95 = metrics.mean_results()
     return {

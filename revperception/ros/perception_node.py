@@ -69,7 +69,11 @@ NAME = "revperception"
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "checkpoint": ("", describe("reversible checkpoint (*.rvp.safetensors) from `revperception prune`",
                                  read_only=True)),
-    "device": ("cpu", describe("torch device: cpu, cuda, cuda:1", read_only=True)),
+    "device": ("cpu", describe("device: cpu, cuda, cuda:1 (torch); cpu, gpu (openvino)", read_only=True)),
+    "backend": ("torch", describe("torch (one set of shared weights) or openvino (each level compiled once, at "
+                                  "configure)", read_only=True)),
+    "precision": ("fp32", describe("fp32, bf16, fp16 (CUDA, or OpenVINO where the device runs it) or auto (the "
+                                   "fastest the device runs natively)", read_only=True)),
     "imgsz": (0, describe("inference size (longest side, pixels) for every level; 0 = each level's own, from the "
                            "checkpoint", read_only=True, low=0, high=4096, integer=True)),
     "conf": (0.25, describe("confidence threshold", low=0.0, high=1.0)),
@@ -171,7 +175,7 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(
             f"configured: {Path(checkpoint).name} (sha256 {self.weights_sha256[:12]}), levels "
             f"{', '.join(self.detector.levels)} at {', '.join(map(str, self.detector.sizes))} px, "
-            f"on {self.param('device')}")
+            f"on {self.param('device')} via {self.detector.backend} at {self.detector.precision}")
         return TransitionCallbackReturn.SUCCESS
 
     def _load(self, checkpoint: str) -> ReversibleDetector:
@@ -179,7 +183,7 @@ class PerceptionNode(LifecycleNode):
         detector = ReversibleDetector.from_checkpoint(
             checkpoint, device=self.param("device"), imgsz=self.param("imgsz") or None, conf=self.param("conf"),
             iou=self.param("iou"), max_det=self.param("max_det"), classes=self.param("classes") or None,
-            start_level=self.param("start_level"))
+            start_level=self.param("start_level"), backend=self.param("backend"), precision=self.param("precision"))
         detector.warm_up()
         return detector
 
@@ -377,6 +381,7 @@ class PerceptionNode(LifecycleNode):
             "anomaly_messages": stats.anomaly_messages,
             "last_switch": stats.last_switch, "anomaly": anomaly, "forced_full": forced,
             "anomaly_age_s": "never" if age is None else f"{age:.2f}", "weights_sha256": self.weights_sha256,
+            "backend": self.detector.backend, "precision": self.detector.precision,
         }, DiagnosticStatus.WARN if warn else DiagnosticStatus.OK,
             "anomaly detector silent: holding full" if warn else f"running {decision.level}"))
 

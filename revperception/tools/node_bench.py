@@ -122,7 +122,8 @@ def _bare_latencies(detector: ReversibleDetector, checkpoint: Path, image: np.nd
     reloads = []
     for _ in range(max(3, runs // 4)):
         start = time.perf_counter()
-        ReversibleDetector.from_checkpoint(checkpoint, imgsz=detector.detector.imgsz, start_level=FULL).predict(image)
+        ReversibleDetector.from_checkpoint(checkpoint, imgsz=detector.detector.imgsz, start_level=FULL,
+                                           backend=detector.backend, precision=detector.precision).predict(image)
         reloads.append((time.perf_counter() - start) * 1e3)
     out["reload_median_ms"], out["reload_worst_ms"] = statistics.median(reloads), max(reloads)
     return out
@@ -206,7 +207,7 @@ def _revert_once(probe: _Probe, phase_s: float) -> float:
 
 
 def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, camera_hz: float | None = None,
-                   throughput_s: float = 10.0) -> dict[str, Any]:
+                   throughput_s: float = 10.0, backend: str = "torch", precision: str = "fp32") -> dict[str, Any]:
     """Reversion latency (median, worst of `trials`) and node throughput against the bare model.
 
     The camera runs at 30 Hz, a common vehicle camera rate, or at 1.25x the bare model's pruned frame rate
@@ -214,17 +215,20 @@ def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, came
     `throughput_s` of the node and as long of the bare model, in alternating slices.
     """
     qos.use_large_frame_transport()
-    detector = ReversibleDetector.from_checkpoint(checkpoint, imgsz=imgsz)  # the bare model, in this process
+    detector = ReversibleDetector.from_checkpoint(checkpoint, imgsz=imgsz, backend=backend,  # the bare model,
+                                                  precision=precision)  # in this process
     bare = _bare_latencies(detector, checkpoint, road_frame(0), runs=20)
     camera_hz = camera_hz or min(60.0, max(30.0, 1.25 * 1e3 / bare["pruned_ms"]))
     namespace = f"/revperception_bench_{os.getpid()}"
     proc = subprocess.Popen([
         sys.executable, "-m", "revperception.ros.perception_node", "--ros-args", "-p", f"checkpoint:={checkpoint}",
-        "-p", f"imgsz:={imgsz}", "-p", "anomaly_clear_hold_s:=0.0", "-p", "image_qos:=reliable",
+        "-p", f"imgsz:={imgsz}", "-p", f"backend:={backend}", "-p", f"precision:={detector.precision}",
+        "-p", "anomaly_clear_hold_s:=0.0", "-p", "image_qos:=reliable",
         "-r", f"__ns:={namespace}"])
     rclpy.init()
     probe = _Probe(namespace)
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "imgsz": imgsz, "trials": trials,
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "imgsz": imgsz, "trials": trials, "backend": backend,
+                              "precision": detector.precision,
                               "camera_hz": camera_hz, "torch_threads": torch.get_num_threads(), **bare}
     try:
         if not probe.wait(lambda: probe.camera.get_subscription_count() > 0 and probe.modes, 120):
@@ -251,7 +255,8 @@ def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, came
 
 def format_node_bench(r: dict[str, Any]) -> str:
     return "\n".join([
-        f"node bench: {r['checkpoint']} at imgsz {r['imgsz']}, camera {r['camera_hz']:.0f} Hz, "
+        f"node bench: {r['checkpoint']} at imgsz {r['imgsz']}, {r['backend']} {r['precision']}, "
+        f"camera {r['camera_hz']:.0f} Hz, "
         f"{r['torch_threads']} torch threads",
         f"  bare inference: pruned {r['pruned_ms']:.1f} ms, full {r['full_ms']:.1f} ms",
         f"  anomaly -> first full-level detections over DDS: median {r['revert_median_ms']:.1f} ms, "
