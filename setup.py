@@ -12,9 +12,10 @@ setup(
     packages=find_packages(exclude=["test", "test.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}", ["package.xml", "LICENSE", "THIRD_PARTY_NOTICES.md"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/models", glob("models/*.rvp.safetensors") + glob("models/*.json")),  # the demo model
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -22,7 +23,6 @@ setup(
     maintainer_email="maintainers@revperception.dev",
     description="Reversible-pruning YOLOv5 perception for ROS 2",
     license="AGPL-3.0-only",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "revperception = revperception.cli:main",

@@ -5,6 +5,7 @@ ros2 launch revperception perception.launch.py checkpoint:=/path/model.rvp.safet
 
 from pathlib import Path
 
+from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
@@ -12,7 +13,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "perception.yaml"
+CONFIG = Path(get_package_share_directory("revperception")) / "config" / "perception.yaml"
 MONITOR_CONFIG = CONFIG.with_name("anomaly_monitor.yaml")
 
 
@@ -27,6 +28,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
         DeclareLaunchArgument("monitor", default_value="true",
                               description="run the reference anomaly monitor (false when bringing your own)"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate at once; false leaves the node unconfigured for "
+                                          "a lifecycle manager (nav2's lifecycle_manager, `ros2 lifecycle set`)"),
         DeclareLaunchArgument("monitor_params_file", default_value=str(MONITOR_CONFIG),
                               description="anomaly monitor parameters"),
         LifecycleNode(
@@ -37,6 +41,7 @@ def generate_launch_description() -> LaunchDescription:
             output="screen",
             parameters=[arg("params_file"), {
                 "checkpoint": arg("checkpoint"),
+                "autostart": ParameterValue(arg("autostart"), value_type=bool),
                 "use_sim_time": ParameterValue(arg("use_sim_time"), value_type=bool),
             }],
             remappings=[("image", arg("image")), ("anomaly", arg("anomaly"))],

@@ -9,9 +9,19 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from revperception.tools.demo import report, run_demo
+    """The synthetic drive, or with --video a user's footage, through the same chain and report."""
+    from revperception.tools.demo import parse_fog, report, run_demo, run_video_demo
 
-    result = run_demo(args.checkpoint, seconds=args.seconds, hz=args.hz, out=args.out)
+    if args.video is None:
+        if args.fog is not None:
+            raise ValueError("--fog needs --video: the synthetic drive has its own fog in its middle fifth")
+        result = run_demo(args.checkpoint, seconds=30.0 if args.seconds is None else args.seconds,
+                          hz=10.0 if args.hz is None else args.hz, out=args.out)
+    else:
+        if args.hz is not None:
+            raise ValueError("--hz is the synthetic drive's camera rate: a video plays at its own frame rate")
+        result = run_video_demo(args.video, args.checkpoint, fog=None if args.fog is None else parse_fog(args.fog),
+                                seconds=args.seconds, out=args.out)
     report(result, args.out)
     return 0 if result.ok else 1
 
@@ -306,11 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revperception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="replay a synthetic foggy drive through the anomaly monitor and the node")
+    demo = sub.add_parser("demo", help="replay a synthetic foggy drive (or --video FILE) through the anomaly monitor "
+                                       "and the node")
     demo.add_argument("--checkpoint", type=Path,
-                      help="reversible checkpoint (default: models/demo-yolov5n.rvp.safetensors; `make demo-model`)")
-    demo.add_argument("--seconds", type=float, default=30.0, help="length of the drive; fog covers its middle fifth")
-    demo.add_argument("--hz", type=float, default=10.0, help="camera rate of the drive")
+                      help="reversible checkpoint (default: models/demo-yolov5n.rvp.safetensors; `make demo-model`; "
+                           "it knows only the synthetic classes)")
+    demo.add_argument("--video", type=Path, metavar="FILE",
+                      help="replay this video (decoded by OpenCV, at its own frame rate, downscaled to at most 640 px "
+                           "wide) instead of the synthetic drive")
+    demo.add_argument("--fog", metavar="START:END",
+                      help="--video: add synthetic fog from START to END seconds into the video (default: no fog)")
+    demo.add_argument("--seconds", type=float,
+                      help="length of the drive (default 30; fog covers its middle fifth); --video: the most seconds "
+                           "used from its start (default 30, or the whole video when shorter)")
+    demo.add_argument("--hz", type=float, help="camera rate of the synthetic drive (default 10)")
     demo.add_argument("--out", type=Path, default=Path("demo-out"),
                       help="folder for the drive bag, the recorded outputs, timeline.png and strip.png")
     demo.set_defaults(func=_demo)

@@ -46,6 +46,43 @@ def test_encodings_decode_to_bgr(encoding: str, pixels: np.ndarray, expected: np
     assert np.array_equal(image_to_bgr(_msg(np.ascontiguousarray(pixels), encoding, pad)), expected)
 
 
+# BT.601 limited range, as YUV cameras send it: black, white, and pure red (Y 81, U 90, V 240) two pixels each.
+YUV_PIXELS = [(16, 128, 128), (235, 128, 128), (81, 90, 240)]
+YUV_BGR = np.array([[[0, 0, 0]] * 2 + [[255, 255, 255]] * 2 + [[0, 0, 254]] * 2], np.uint8)
+
+
+def _yuv422(order: str) -> np.ndarray:
+    """One row of YUV_PIXELS packed two pixels per four bytes in `order` ("UYVY" or "YUYV")."""
+    packed = []
+    for y, u, v in YUV_PIXELS:
+        values = {"Y": y, "U": u, "V": v}
+        quad = [values[c] for c in order]
+        packed += [quad[0:2], quad[2:4]]
+    return np.array([packed], np.uint8)
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+@pytest.mark.parametrize(("encoding", "order"), [("yuv422", "UYVY"), ("uyvy", "UYVY"), ("yuv422_yuy2", "YUYV"),
+                                                 ("yuyv", "YUYV")])
+def test_yuv422_encodings_decode_known_pixels(encoding: str, order: str, pad: int) -> None:
+    assert np.array_equal(image_to_bgr(_msg(_yuv422(order), encoding, pad)), YUV_BGR)
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+@pytest.mark.parametrize("encoding", ["bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"])
+def test_bayer_encodings_demosaic_a_known_colour(encoding: str, pad: int) -> None:
+    """A uniform colour through each mosaic comes back exactly: a pattern read the wrong way round swaps R and B
+    or mixes in G."""
+    bgr = {"b": 30, "g": 120, "r": 200}
+    pattern = encoding.removeprefix("bayer_").removesuffix("8")  # e.g. "rggb": row 0 = r g, row 1 = g b
+    mosaic = np.empty((6, 8), np.uint8)
+    for i, colour in enumerate(pattern):
+        mosaic[i // 2::2, i % 2::2] = bgr[colour]
+    decoded = image_to_bgr(_msg(mosaic, encoding, pad))
+    assert decoded.shape == (6, 8, 3)
+    assert np.array_equal(decoded, np.broadcast_to(np.array([30, 120, 200], np.uint8), (6, 8, 3)))
+
+
 @pytest.mark.parametrize("bigendian", [False, True])
 def test_mono16_keeps_the_high_byte(bigendian: bool) -> None:
     mono = RNG.integers(0, 65536, (4, 6), dtype=np.uint16)
@@ -60,7 +97,7 @@ def test_bgr_round_trip() -> None:
 @pytest.mark.parametrize(
     ("msg", "reason"),
     [
-        (Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)), "unsupported encoding"),
+        (Image(height=2, width=2, encoding="nv12", step=2, data=bytes(6)), "unsupported encoding"),
         (Image(height=0, width=2, encoding="bgr8", step=6, data=b""), "empty image"),
         (Image(height=2, width=2, encoding="bgr8", step=5, data=bytes(10)), "shorter than a row"),
         (Image(height=2, width=2, encoding="bgr8", step=6, data=bytes(11)), "data holds 11 bytes"),

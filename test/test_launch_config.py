@@ -56,7 +56,8 @@ def test_launch_file_compiles_and_every_argument_reaches_a_node() -> None:
     declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
     perception_args, perception_remaps = _node_arguments(tree, "LifecycleNode")
     monitor_args, monitor_remaps = _node_arguments(tree, "Node")
-    assert perception_args == {"checkpoint", "image", "anomaly", "params_file", "namespace", "use_sim_time"}
+    assert perception_args == {"checkpoint", "image", "anomaly", "params_file", "namespace", "use_sim_time",
+                               "autostart"}
     # the monitor watches the same camera and speaks on the topic the perception node listens to
     assert monitor_remaps == perception_remaps
     assert monitor_args == {"image", "anomaly", "monitor_params_file", "namespace", "use_sim_time"}
@@ -64,8 +65,9 @@ def test_launch_file_compiles_and_every_argument_reaches_a_node() -> None:
     assert _configurations(condition) == {"monitor"}
     assert _keyword(_calls(tree, "Node")[0], "condition") is condition
     assert declared == perception_args | monitor_args | {"monitor"}
-    monitor = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "monitor")
-    assert ast.literal_eval(_keyword(monitor, "default_value")) == "true"
+    for name in ("monitor", "autostart"):
+        argument = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == name)
+        assert ast.literal_eval(_keyword(argument, "default_value")) == "true", name
 
 
 @pytest.mark.parametrize(("config", "table"), [("perception.yaml", perception_node.PARAMETERS),

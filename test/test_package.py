@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from catkin_pkg.package import parse_package
 
 from conftest import ROOT
 
+# Python modules that are ROS packages (rosdep keys of the same name).
+ROS_MODULES = {"rclpy", "rcl_interfaces", "builtin_interfaces", "sensor_msgs", "std_msgs", "std_srvs",
+               "diagnostic_msgs", "vision_msgs", "lifecycle_msgs", "ament_index_python", "launch", "launch_ros",
+               "cv_bridge", "geometry_msgs", "rosbag2_py"}
 
-def test_manifest_declares_what_the_node_needs() -> None:
+
+def _imported_top_level(paths: list[Path]) -> set[str]:
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_manifest_declares_exactly_the_ros_packages_the_code_imports() -> None:
     package = parse_package(str(ROOT / "package.xml"))
     assert package.package_format == 3
     assert package.get_build_type() == "ament_python"
-    depends = {d.name for d in package.build_depends} & {d.name for d in package.exec_depends}
-    assert {"rclpy", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "vision_msgs",
-            "lifecycle_msgs"} <= depends
-    assert {"cv_bridge", "launch", "launch_ros"} <= {d.name for d in package.exec_depends}
+    sources = [*(ROOT / "revperception").rglob("*.py"), *(ROOT / "launch").glob("*.py")]
+    # lifecycle_msgs: the types of the managed node's ~/change_state and ~/get_state (rclpy.lifecycle imports them)
+    imported = (_imported_top_level(sources) & ROS_MODULES) | {"lifecycle_msgs"}
+    declared = {d.name for d in package.exec_depends} & ROS_MODULES
+    assert declared == imported  # nothing missing, nothing declared that no code uses (cv_bridge was)
+    assert {"rclpy", "sensor_msgs", "vision_msgs", "lifecycle_msgs"} <= {d.name for d in package.build_depends}
     assert "python3-pytest" in {d.name for d in package.test_depends}
 
 

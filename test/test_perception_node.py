@@ -8,12 +8,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
@@ -43,7 +47,9 @@ class Rig(NodeRig):
     """The node in its own executor (as main() runs it), and a probe node that talks to it over DDS."""
 
     def __init__(self, checkpoint: Path, **params) -> None:
-        params = {"checkpoint": str(checkpoint), "imgsz": 160, "image_qos": "reliable", **params}
+        # No anomaly detector runs beside the rig: the silence fail-safe is off unless a test turns it on.
+        params = {"checkpoint": str(checkpoint), "imgsz": 160, "image_qos": "reliable", "anomaly_timeout_s": 0.0,
+                  **params}
         super().__init__(PerceptionNode(namespace=f"/rig{next(_namespaces)}",
                                         parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
         self.detections: list[Detection2DArray] = []
@@ -180,7 +186,7 @@ def _bad_images() -> dict[str, Image]:
     cases = {"unsupported encoding": copy.deepcopy(good), "short step": copy.deepcopy(good),
              "truncated data": copy.deepcopy(good), "empty": Image(encoding="bgr8"),
              "absurdly large": copy.deepcopy(good)}
-    cases["unsupported encoding"].encoding = "yuv422"
+    cases["unsupported encoding"].encoding = "nv12"
     cases["short step"].step = good.step - 1
     cases["truncated data"].data = good.data[: len(good.data) // 2]
     cases["absurdly large"].width = cases["absurdly large"].height = 100_000
@@ -287,6 +293,7 @@ def node_command(checkpoint: Path | str, *extra: str) -> list[str]:
 
 def test_console_script_with_params_file_and_remap(ros_context: None, tiny_checkpoint: Path) -> None:
     proc = subprocess.Popen(node_command(tiny_checkpoint, "-p", "image_qos:=reliable", "-p", "imgsz:=160",
+                                         "-p", "anomaly_timeout_s:=0.0",  # no monitor here
                                          "-r", "__ns:=/vehicle"))
     probe = Node("probe")
     try:
@@ -307,6 +314,93 @@ def test_console_script_with_params_file_and_remap(ros_context: None, tiny_check
         probe.destroy_node()
         stop_process(proc)
     assert proc.returncode == 0
+
+
+def test_a_lifecycle_manager_drives_every_transition_over_the_standard_services(ros_context: None,
+                                                                                 tiny_checkpoint: Path) -> None:
+    """autostart false, then configure, activate, deactivate, cleanup, configure, activate from another process
+    through ~/change_state and ~/get_state, as nav2's lifecycle manager or `ros2 lifecycle set` would."""
+    node = subprocess.Popen(node_command(tiny_checkpoint, "-p", "imgsz:=160", "-p", "image_qos:=reliable",
+                                         "-p", "autostart:=false", "-p", "anomaly_timeout_s:=0.0",
+                                         "-r", "__ns:=/managed"))
+    probe = Node("manager")
+    try:
+        change = probe.create_client(ChangeState, "/managed/revperception/change_state")
+        get = probe.create_client(GetState, "/managed/revperception/get_state")
+        images = probe.create_publisher(Image, "/camera/image_raw", qos.IMAGE_RELIABLE)
+        stamps: list[int] = []
+        probe.create_subscription(Detection2DArray, "/managed/detections", lambda m: stamps.append(m.header.stamp.sec),
+                                  qos.DETECTIONS)
+        assert change.wait_for_service(timeout_sec=120) and get.wait_for_service(timeout_sec=30)
+
+        def call(client: Any, request: Any) -> Any:
+            future = client.call_async(request)
+            assert spin_until(probe, future.done, 120.0), "no answer"
+            return future.result()
+
+        def state() -> str:
+            return call(get, GetState.Request()).current_state.label
+
+        def transition(transition_id: int, expected: str) -> None:
+            assert call(change, ChangeState.Request(transition=Transition(id=transition_id))).success
+            assert state() == expected
+
+        def frame(stamp: int) -> Image:
+            return bgr_to_image(FRAME, Header(stamp=Time(sec=stamp), frame_id="cam"))
+
+        assert state() == "unconfigured"
+        transition(Transition.TRANSITION_CONFIGURE, "inactive")
+        for stamp in (1, 2):  # inactive: no subscription, nothing published
+            images.publish(frame(stamp))
+        transition(Transition.TRANSITION_ACTIVATE, "active")
+        assert spin_until(probe, resending(images, frame(3), lambda: 3 in stamps), 60.0), "no detections once active"
+        transition(Transition.TRANSITION_DEACTIVATE, "inactive")
+        images.publish(frame(4))
+        transition(Transition.TRANSITION_CLEANUP, "unconfigured")
+        transition(Transition.TRANSITION_CONFIGURE, "inactive")
+        images.publish(frame(5))
+        transition(Transition.TRANSITION_ACTIVATE, "active")
+        assert spin_until(probe, resending(images, frame(6), lambda: 6 in stamps), 60.0), "no detections again"
+        assert set(stamps) == {3, 6}  # nothing from the frames sent while inactive (1, 2, 4, 5)
+        assert node.poll() is None
+    finally:
+        probe.destroy_node()
+        stop_process(node)
+    assert node.returncode == 0
+
+
+def test_with_the_shipped_parameters_a_dead_monitor_means_full(ros_context: None, tiny_checkpoint: Path) -> None:
+    """The launch file's pair, started from the shipped parameter files: kill the monitor and the node goes full
+    on its own within `anomaly_timeout_s` of the last heartbeat (fail-safe by default)."""
+    shipped = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())["/**"]["ros__parameters"]
+    monitor_rate = yaml.safe_load((ROOT / "config" / "anomaly_monitor.yaml").read_text())["/**"]["ros__parameters"]
+    assert 1.0 / monitor_rate["rate_hz"] < shipped["anomaly_timeout_s"] <= 1.0  # beats in time; full within 1 s
+    monitor = subprocess.Popen([str(BIN / "anomaly_monitor"), "--ros-args", "--params-file",
+                                str(ROOT / "config" / "anomaly_monitor.yaml"), "-r", "__ns:=/failsafe"])
+    node = subprocess.Popen(node_command(tiny_checkpoint, "-p", "imgsz:=160", "-r", "__ns:=/failsafe"))
+    probe = Node("probe")
+    try:
+        modes: list[str] = []
+        reasons: list[str] = []
+        probe.create_subscription(String, "/failsafe/revperception/mode", lambda m: modes.append(m.data), qos.MODE)
+
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            if msg.status and msg.status[0].hardware_id == "/failsafe/revperception":
+                reasons.append(values(msg)["reason"])
+
+        probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DETECTIONS)
+        assert spin_until(probe, lambda: modes and modes[-1] == PRUNED, 120.0), f"never calm: {modes}"
+        monitor.kill()
+        monitor.wait()
+        killed = time.monotonic()
+        assert spin_until(probe, lambda: modes[-1] == FULL, 30.0), "a dead monitor left the node pruned"
+        print(f"monitor killed -> ~/mode full after {time.monotonic() - killed:.2f} s")
+        assert spin_until(probe, lambda: reasons and reasons[-1] == "timeout", 10.0)
+    finally:
+        probe.destroy_node()
+        stop_process(node)
+        stop_process(monitor)
+    assert node.returncode == 0
 
 
 def test_console_script_exits_non_zero_on_a_bad_checkpoint(tmp_path: Path) -> None:

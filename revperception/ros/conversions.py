@@ -18,6 +18,16 @@ _ENCODINGS: dict[str, tuple[int, np.dtype, int | None]] = {
     "rgba8": (4, np.dtype(np.uint8), cv2.COLOR_RGBA2BGR),
     "mono8": (1, np.dtype(np.uint8), cv2.COLOR_GRAY2BGR),
     "mono16": (1, np.dtype(np.uint16), cv2.COLOR_GRAY2BGR),
+    # YUV 4:2:2, two bytes a pixel. ROS's `yuv422` is UYVY byte order, `yuv422_yuy2` is YUYV (image_encodings.hpp).
+    "yuv422": (2, np.dtype(np.uint8), cv2.COLOR_YUV2BGR_UYVY),
+    "uyvy": (2, np.dtype(np.uint8), cv2.COLOR_YUV2BGR_UYVY),
+    "yuv422_yuy2": (2, np.dtype(np.uint8), cv2.COLOR_YUV2BGR_YUYV),
+    "yuyv": (2, np.dtype(np.uint8), cv2.COLOR_YUV2BGR_YUYV),
+    # Bayer mosaics, named by their first two pixels in ROS and by the second row's in OpenCV (cv_bridge's map).
+    "bayer_rggb8": (1, np.dtype(np.uint8), cv2.COLOR_BayerBG2BGR),
+    "bayer_bggr8": (1, np.dtype(np.uint8), cv2.COLOR_BayerRG2BGR),
+    "bayer_gbrg8": (1, np.dtype(np.uint8), cv2.COLOR_BayerGR2BGR),
+    "bayer_grbg8": (1, np.dtype(np.uint8), cv2.COLOR_BayerGB2BGR),
 }
 MAX_PIXELS = 8192 * 8192  # a larger frame is a corrupt header, not a camera
 

@@ -83,8 +83,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "start_level": ("pruned", describe("level when calm: a checkpoint level name", read_only=True)),
     "anomaly_clear_hold_s": (2.0, describe("seconds the anomaly must stay false before the calm level returns",
                                             low=0.0, high=3600.0)),
-    "anomaly_timeout_s": (0.0, describe("no anomaly message for this long means full (0 = off)",
-                                         low=0.0, high=3600.0)),
+    "anomaly_timeout_s": (0.5, describe("no anomaly message for this long means full (fail-safe: the reference "
+                                         "monitor beats at 10 Hz; 0 = off, for a detector that only speaks on "
+                                         "change)", low=0.0, high=3600.0)),
     "image_qos": ("sensor_data", describe("image subscription QoS: sensor_data or reliable", read_only=True)),
     "compressed": (False, describe("subscribe to <image>/compressed (JPEG/PNG) instead of raw image",
                                     read_only=True)),
@@ -167,16 +168,17 @@ class PerceptionNode(LifecycleNode):
         self.policy = LevelPolicy(calm_level=self.param("start_level"), alert_level=FULL,
                                   clear_hold_s=self.param("anomaly_clear_hold_s"),
                                   timeout_s=self.param("anomaly_timeout_s"), clock=self._policy_clock())
-        self._detections = self.create_publisher(Detection2DArray, "detections", qos.DETECTIONS)
-        self._mode = self.create_publisher(String, "~/mode", qos.MODE)
-        self._frame_info = self.create_publisher(DiagnosticArray, "~/frame_info", qos.DETECTIONS)
-        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DETECTIONS)
-        self._debug = self.create_publisher(Image, "~/debug_image", qos.IMAGE_SENSOR_DATA)
+        # Lifecycle publishers: nothing goes out while the node is inactive.
+        self._detections = self.create_lifecycle_publisher(Detection2DArray, "detections", qos.DETECTIONS)
+        self._mode = self.create_lifecycle_publisher(String, "~/mode", qos.MODE)
+        self._frame_info = self.create_lifecycle_publisher(DiagnosticArray, "~/frame_info", qos.DETECTIONS)
+        self._diagnostics = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", qos.DETECTIONS)
+        self._debug = self.create_lifecycle_publisher(Image, "~/debug_image", qos.IMAGE_SENSOR_DATA)
         self.get_logger().info(
             f"configured: {Path(checkpoint).name} (sha256 {self.weights_sha256[:12]}), levels "
             f"{', '.join(self.detector.levels)} at {', '.join(map(str, self.detector.sizes))} px, "
             f"on {self.param('device')} via {self.detector.backend} at {self.detector.precision}")
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_configure(state)
 
     def _load(self, checkpoint: str) -> ReversibleDetector:
         """The detector, warmed up at every level so that neither the first frame nor the first switch is late."""
@@ -188,12 +190,15 @@ class PerceptionNode(LifecycleNode):
         return detector
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Enable the publishers (the base class), then take frames: the first ~/mode is published at once."""
         try:
             image_qos = qos.image_qos(self.param("image_qos"))
         except ValueError as err:
             self._failure = str(err)
             self.get_logger().fatal(self._failure)
             return TransitionCallbackReturn.FAILURE
+        if (enabled := super().on_activate(state)) != TransitionCallbackReturn.SUCCESS:
+            return enabled
         if self.param("compressed"):
             kind, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"  # image_transport's
         else:
@@ -216,17 +221,18 @@ class PerceptionNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        done = super().on_cleanup(state)
         for publisher in (self._detections, self._mode, self._frame_info, self._diagnostics, self._debug):
-            self.destroy_publisher(publisher)
+            self.destroy_lifecycle_publisher(publisher)
         self.detector = self.policy = None
-        return TransitionCallbackReturn.SUCCESS
+        return done
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_shutdown(state)
 
     def destroy_node(self) -> None:
         self._stop_processing()

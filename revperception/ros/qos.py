@@ -5,6 +5,8 @@ from pathlib import Path
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
+from revperception.share import share_path
+
 # Camera frames: best effort, shallow. A late frame is worth less than the next one.
 IMAGE_SENSOR_DATA: QoSProfile = qos_profile_sensor_data
 # For recorded or bridged streams whose publishers are reliable-only.
@@ -27,13 +29,14 @@ def image_qos(name: str) -> QoSProfile:
     return profiles[name]
 
 
-# Shared-memory segments big enough for whole camera frames; the file says what the default costs.
-LARGE_FRAMES_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_frames.xml"
+def large_frames_profile() -> Path:
+    """Fast DDS shared-memory segments big enough for whole camera frames; the file says what the default costs."""
+    return share_path("config", "fastdds_large_frames.xml")
 
 
 def use_large_frame_transport() -> None:
-    """Point Fast DDS at LARGE_FRAMES_PROFILE for this process and those it starts, unless a profile is chosen.
+    """Point Fast DDS at `large_frames_profile()` for this process and those it starts, unless a profile is chosen.
 
     Call it before rclpy.init(): Fast DDS reads its profiles when the first participant is created.
     """
-    os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(LARGE_FRAMES_PROFILE))
+    os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(large_frames_profile()))

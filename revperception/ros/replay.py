@@ -234,7 +234,7 @@ class Recorder:
 
 @contextmanager
 def signals_set(event: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `event` while inside; a flag cannot lose the request (see spin_until_signalled)."""
+    """SIGINT and SIGTERM set `event` while inside; a flag cannot lose the request (see spin.run_node)."""
     previous = {sig: signal.signal(sig, lambda *_: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

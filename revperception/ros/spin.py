@@ -24,44 +24,62 @@ def spin_until(node: Node, done: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def spin_until_signalled(executor: Executor, poll_s: float = 0.1) -> None:
-    """Spin `executor` on a thread until SIGINT or SIGTERM, with the signals handled here rather than by rclpy.
+class _StartInterruptedError(BaseException):
+    """SIGINT or SIGTERM while the node was still starting: like KeyboardInterrupt, no `except Exception` (a
+    transition callback's catch-all) may take it for a failure to start."""
 
-    rclpy's own handler was seen, once under heavy load, to leave a node spinning after SIGTERM. A
-    Python handler that only sets a flag cannot lose the request. The executor spins on its own thread
-    because spin_once() in a loop busy-waits while a callback group is occupied. Initialise rclpy with
-    `signal_handler_options=SignalHandlerOptions.NO` to use it.
-    """
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+def _spin_until_stopped(executor: Executor, stop: threading.Event, poll_s: float = 0.1) -> None:
+    """Spin `executor` on a thread until `stop` is set (or rclpy shuts down). The executor spins on its own
+    thread because spin_once() in a loop busy-waits while a callback group is occupied."""
     spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
     spinner.start()
     try:
         while not stop.wait(poll_s) and rclpy.ok() and spinner.is_alive():
             pass
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         executor.shutdown()
         spinner.join()
 
 
 def run_node(make_node: Callable[[], Node], name: str, args: list[str] | None = None) -> None:
-    """A console script's main: start the node, spin it until SIGINT/SIGTERM, clean up.
+    """A console script's main: start the node, spin it until SIGINT/SIGTERM, clean up, exit 0.
 
-    A node that cannot start (bad checkpoint, bad parameter) exits 1 with one readable FATAL line.
+    SIGINT and SIGTERM are handled here, not by rclpy, from before the node starts until the process ends:
+    a flag cannot lose the request (rclpy's handler was seen, once under heavy load, to leave a node spinning
+    after SIGTERM), and `ros2 launch` on Ctrl-C delivers SIGINT twice (the terminal's, then its own), so
+    Python's default handler must never be back while the node cleans up: it would die by the signal and
+    launch would log "process has died [exit code -2]". A signal while the node is still starting stops the
+    start. A node that cannot start (bad checkpoint, bad parameter) exits 1 with one readable FATAL line.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop, started = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if not started.is_set():
+            raise _StartInterruptedError
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    node = None
     try:
         node = make_node()
+        started.set()
+    except _StartInterruptedError:
+        pass
     except Exception as err:  # any reason at all: one line, not a traceback
+        started.set()
         rclpy.logging.get_logger(name).fatal(f"cannot start: {err}")
         rclpy.try_shutdown()
         raise SystemExit(1) from err
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    started.set()
     try:
-        spin_until_signalled(executor)
+        if node is not None and not stop.is_set():
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            _spin_until_stopped(executor, stop)
     finally:
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()

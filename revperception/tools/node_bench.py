@@ -223,7 +223,7 @@ def run_node_bench(checkpoint: Path, *, trials: int = 50, imgsz: int = 640, came
     proc = subprocess.Popen([
         sys.executable, "-m", "revperception.ros.perception_node", "--ros-args", "-p", f"checkpoint:={checkpoint}",
         "-p", f"imgsz:={imgsz}", "-p", f"backend:={backend}", "-p", f"precision:={detector.precision}",
-        "-p", "anomaly_clear_hold_s:=0.0", "-p", "image_qos:=reliable",
+        "-p", "anomaly_clear_hold_s:=0.0", "-p", "anomaly_timeout_s:=0.0", "-p", "image_qos:=reliable",
         "-r", f"__ns:={namespace}"])
     rclpy.init()
     probe = _Probe(namespace)

@@ -6,20 +6,16 @@ crossed process boundaries intact, and the bbox spans the whole image.
 
 import zlib
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 from revperception.ros import qos
 from revperception.ros.conversions import image_to_bgr
-from revperception.ros.spin import spin_until_signalled
+from revperception.ros.spin import run_node
 
 
-def main() -> None:
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+def responder() -> Node:
     node = Node("image_responder")
     publisher = node.create_publisher(Detection2DArray, "reply", qos.DETECTIONS)
 
@@ -36,12 +32,11 @@ def main() -> None:
         publisher.publish(Detection2DArray(header=msg.header, detections=[det]))
 
     node.create_subscription(Image, "image", on_image, qos.IMAGE_RELIABLE)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        spin_until_signalled(executor)
-    finally:
-        rclpy.try_shutdown()
+    return node
+
+
+def main() -> None:
+    run_node(responder, "image_responder")
 
 
 if __name__ == "__main__":
