@@ -9,7 +9,7 @@ SETUP_INPUTS := requirements.txt requirements-ros.txt constraints.txt setup.py s
 export YOLO_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo demo-model prune-real test lint clean
+.PHONY: setup demo demo-model prune-real test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ demo: setup
 demo-model: setup
 	$(VENV)/bin/python -m revperception.tools.demo_model --out models/demo-yolov5n.rvp.safetensors
 
-# The real-data recipe (docs in the README): YOLOv5n release pruned on ../shared's COCO images, judged on a
+# The real-data recipe (docs/offline-pipeline.md): YOLOv5n release pruned on ../shared's COCO images, judged on a
 # test split no choice sees, beside the dense model's resolution front. Writes OUT, its report and plot.
 SHARED ?= ../shared
 OUT ?= runs/real/yolov5n.rvp.safetensors
@@ -41,10 +41,17 @@ prune-real: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# pytest exits 5 when it collects no tests: say so, and fail (a suite that runs nothing is broken).
+# `make test` is the whole suite (what CI runs) and lists its slowest tests; `make test-fast` leaves out the tests
+# marked slow, for the edit-test loop. pytest exits 5 when it collects no tests: say so, and fail (a suite that
+# runs nothing is broken).
+PYTEST = pytest() { $(VENV)/bin/python -m pytest "$$@"; rc=$$?; \
+	[ $$rc -ne 5 ] || echo "make $@: pytest collected no tests" >&2; return $$rc; }; pytest
+
 test: lint
-	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+	@$(PYTEST) --durations=15 $(PYTEST_ARGS)
+
+test-fast: lint
+	@$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build demo-out .pytest_cache

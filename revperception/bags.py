@@ -4,7 +4,7 @@ The ros2 CLI is not installable here, yet bags must go to and from vehicles that
 `ros2 bag info`: every bag written here carries type names, message definitions and offered QoS profiles as
 rosbag2 writes them. The typestore is ROS 2 Jazzy's plus the packages it lacks (vision_msgs), registered
 from the `.msg` files installed under the ament prefixes, so detections deserialise like any other message.
-No rclpy here: the ROS layer (`revperception.ros.replay`) publishes and records the raw CDR bytes.
+No rclpy here: the ROS layer (`revperception.tools.replay`) publishes and records the raw CDR bytes.
 """
 
 from __future__ import annotations

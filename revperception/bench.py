@@ -26,7 +26,7 @@ from revperception.export import BackendError, import_openvino, to_openvino
 from revperception.io import atomic_write_text
 from revperception.models import build_model, load_model
 from revperception.precision import FP32, resolve
-from revperception.pruning import FULL, PRUNED, encode_full, encode_level
+from revperception.pruning import FULL, PRUNED, encodings
 from revperception.pruning.prune import PrunedModel, prune_to_levels
 from revperception.runtime import (
     BACKENDS,
@@ -212,9 +212,7 @@ def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int | 
         model.set_level(target)
         swap_ns.append(time.perf_counter_ns() - start)
 
-    encodings = {"full": len(encode_full(pruned.groups))}
-    encodings.update({name: len(encode_level(pruned.groups, pruned.levels.keep[name]))
-                      for name in pruned.levels.names if name != FULL})
+    sizes_bytes = {name: len(code) for name, code in encodings(pruned.groups, pruned.levels).items()}
     swap_ms = statistics.median(swap_ns) / 1e6
     infer_full, infer_pruned = latency[FULL], latency[PRUNED]
     per_level = {name: {**stats[name], "latency_ms": latency[name]} for name in pruned.levels.names}
@@ -236,7 +234,7 @@ def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int | 
         "param_sparsity": 1 - stats[PRUNED]["params"] / stats[FULL]["params"],
         "flops_full": stats[FULL]["flops"], "flops_pruned": stats[PRUNED]["flops"],
         "flops_ratio": stats[PRUNED]["flops"] / stats[FULL]["flops"],
-        "encoding_bytes": sum(encodings.values()), "encoding_bytes_by_level": encodings,
+        "encoding_bytes": sum(sizes_bytes.values()), "encoding_bytes_by_level": sizes_bytes,
         "structure_bytes": len(json.dumps([g.to_json() for g in pruned.groups], separators=(",", ":"))),
         "resident_bytes": resident, "dense_bytes": dense_resident,
         "resident_ratio": resident / dense_resident if dense_resident else None,

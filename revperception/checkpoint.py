@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from revperception.io import fsync_dir
 from revperception.models import build_model
-from revperception.pruning import FULL, ChannelGroup, Levels, encode_full, encode_level
+from revperception.pruning import FULL, ChannelGroup, Levels, encodings
 from revperception.pruning.prune import PrunedModel
 
 FORMAT_VERSION: int = 1
@@ -336,9 +336,7 @@ def save_reversible(path: str | Path, pruned: PrunedModel) -> Checkpoint:
         "groups": [g.to_json() for g in pruned.groups],
         "levels": {"names": list(pruned.levels.names), "keep": pruned.levels.to_json(),
                    "imgsz": dict(pruned.levels.imgsz)},
-        "encodings": {"full": encode_full(pruned.groups).hex(),
-                      **{name: encode_level(pruned.groups, pruned.levels.keep[name]).hex()
-                         for name in pruned.levels.names if name != FULL}},
+        "encodings": {name: code.hex() for name, code in encodings(pruned.groups, pruned.levels).items()},
         "info": pruned.info,
     }
     private = {f"{PRIVATE_PREFIX}{level}/{name}": tensor

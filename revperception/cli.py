@@ -51,7 +51,7 @@ def _prune_only(args: argparse.Namespace) -> int:
     from revperception.bench import measure_levels
     from revperception.checkpoint import save_reversible
     from revperception.models import load_model
-    from revperception.pruning import encode_full, encode_level
+    from revperception.pruning import encodings
     from revperception.pruning.prune import prune_to_levels
 
     top = args.filter_fraction
@@ -62,13 +62,12 @@ def _prune_only(args: argparse.Namespace) -> int:
     checkpoint = save_reversible(args.out, pruned)
     full = pruned.info["levels"]["full"]
     print(f"wrote {args.out} ({len(pruned.groups)} channel groups, sha256 {checkpoint.sha256[:16]})")
+    codes = encodings(pruned.groups, pruned.levels)
     for name in pruned.levels.names:
         stats = pruned.info["levels"][name]
-        encoding = encode_full(pruned.groups) if name == "full" else encode_level(pruned.groups,
-                                                                                  pruned.levels.keep[name])
         print(f"  {name:<8} {stats['imgsz']} px  params {stats['params']:>10,} "
               f"({stats['params'] / full['params']:.3f})  "
-              f"FLOPs {stats['flops'] / full['flops']:.3f}  encoding {len(encoding)} B")
+              f"FLOPs {stats['flops'] / full['flops']:.3f}  encoding {len(codes[name])} B")
     return 0
 
 
@@ -148,7 +147,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from revperception.ros.replay import ReplayOptions, format_summary, replay, warn_absent
+    from revperception.tools.replay import ReplayOptions, format_summary, replay, warn_absent
 
     result = replay(ReplayOptions(
         bag=args.bag, rate=args.rate, start_s=args.start, loop=args.loop, topics=args.topics, remap=args.remap,
@@ -168,7 +167,7 @@ def _inject(args: argparse.Namespace) -> int:
         out = into_bag(args.into_bag, schedule, args.out)
         print(f"wrote {out}: {len(schedule.events)} events on {schedule.topic}")
         return 0
-    from revperception.ros.inject import inject
+    from revperception.tools.inject import inject
 
     result = inject(schedule, relative_to=args.relative_to, wait_for=args.wait_for, wait_timeout_s=args.wait_timeout)
     print(f"inject: published {len(result.published)} of {len(schedule.events)} events"

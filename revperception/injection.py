@@ -12,7 +12,7 @@ file, or both merged::
 Values are true/false/1/0 (YAML booleans or strings). Events are sorted by time; two events at the same
 time, a negative time or any other value is an error. `into_bag` writes the events into a copy of a bag
 instead, so `ros2 bag play` (or `revperception replay`) injects them in step with the recorded data.
-No rclpy here: `revperception.ros.inject` publishes live.
+No rclpy here: `revperception.tools.inject` publishes live.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,14 +13,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import domain_coordinator
 import pytest
 import torch
 
-# One DDS domain per test session, discovery on this host only: parallel runs and other
-# sessions on the machine never see each other's topics. Subprocesses inherit it.
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+# One DDS domain per test session, held for the whole session by domain_coordinator (as launch_testing does: a
+# port per domain id, so two runs on one machine never share one), discovery on this host only. Subprocesses
+# inherit it. A ROS_DOMAIN_ID set by the caller is kept.
+_DOMAIN = contextlib.ExitStack()
+if "ROS_DOMAIN_ID" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = str(_DOMAIN.enter_context(domain_coordinator.domain_id()))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def pytest_unconfigure() -> None:
+    _DOMAIN.close()
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -124,6 +132,26 @@ class NodeRig:
         self.executor.shutdown()
         self.thread.join(timeout=10)  # no callback may run on a destroyed node
         self.node.destroy_node()
+
+
+SharedPath = Callable[[str], Path]
+
+
+@pytest.fixture(scope="session")
+def shared() -> SharedPath:
+    """`shared("models/yolov5n.pt")`: a file under ../shared, or a skip with the reason. Tests that use it (directly
+    or through a fixture) are marked `shared`."""
+    return shared_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers that follow from what a test uses: ../shared data, or rclpy over DDS."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "shared" in names:
+            item.add_marker(pytest.mark.shared)
+        if "ros_context" in names:
+            item.add_marker(pytest.mark.ros)
 
 
 def shared_path(relative: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from conftest import randomise_batchnorms
@@ -17,6 +18,7 @@ from revperception.pruning import find_groups, rank_channels
 CRITICAL = "model.6.cv3.conv"  # frees the most parameters per block: first to go, unless it matters
 
 
+@pytest.mark.slow
 def test_pruning_by_flops_reaches_its_goal_and_spares_the_group_that_matters() -> None:
     torch.manual_seed(0)
     model = load_model("yolov5n.yaml").model

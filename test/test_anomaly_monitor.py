@@ -22,6 +22,8 @@ from revperception.ros.conversions import bgr_to_image
 from revperception.ros.spin import spin_until
 from revperception.tools.synthetic import add_fog, road_frame
 
+pytestmark = pytest.mark.ros
+
 CLEAR = [bgr_to_image(road_frame(i)[::2, ::2]) for i in range(8)]  # 320x240
 FOGGY = [bgr_to_image(add_fog(road_frame(i)[::2, ::2], 0.7)) for i in range(8)]
 _namespaces = iter(range(1_000_000))
@@ -151,6 +153,7 @@ def monitor_command(*extra: str) -> list[str]:
             "-r", "image:=/camera/image_raw", *extra]
 
 
+@pytest.mark.slow
 def test_console_script_with_params_file_and_remap(ros_context: None) -> None:
     proc = subprocess.Popen(monitor_command("-p", "image_qos:=reliable", "-p", "rate_hz:=20.0",
                                             "-p", "stall_timeout_s:=0.5", "-r", "__ns:=/vehicle"))

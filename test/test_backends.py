@@ -25,6 +25,8 @@ from revperception.pruning import FULL, PRUNED
 from revperception.runtime import ReversibleDetector, build_levels, fuse_batchnorms, reduce_precision
 from revperception.tools.synthetic import road_scene
 
+pytestmark = pytest.mark.slow  # OpenVINO compiles every level of the demo checkpoint, per precision
+
 DEMO = ROOT / "models" / "demo-yolov5n.rvp.safetensors"  # trained: detections with clear scores to compare
 SCENES = [road_scene(np.random.default_rng(seed))[0] for seed in (3, 11, 19)]
 CASES = [("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16")]

@@ -27,6 +27,7 @@ def test_prune_writes_a_verified_reversible_checkpoint(checkpoint: Path) -> None
         sum(pruned.levels.keep[n]) for n in pruned.levels.names)
 
 
+@pytest.mark.slow
 def test_bench_reports_every_figure(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = revperception("bench", "--model", str(checkpoint), "--imgsz", "160", "--runs", "1", "--loads", "1",
@@ -49,6 +50,7 @@ def test_bench_reports_every_figure(checkpoint: Path, tmp_path: Path) -> None:
         assert result["peer_dense_ms"] is None
 
 
+@pytest.mark.slow
 def test_bench_on_openvino_compiles_every_level_once_and_times_the_peer(checkpoint: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
     out = tmp_path / "bench.json"
@@ -63,6 +65,7 @@ def test_bench_on_openvino_compiles_every_level_once_and_times_the_peer(checkpoi
     assert result["resident_bytes"] > 0 and result["dense_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_bench_times_every_level_at_its_own_input_size(checkpoint: Path, tmp_path: Path) -> None:
     sized = tmp_path / "sized.rvp.safetensors"
     proc = revperception("prune", "--weights", str(checkpoint.with_name("n.pt")), "--no-finetune", "--imgsz",
@@ -93,6 +96,8 @@ def test_prune_without_data_is_refused_and_names_the_data_free_option(tmp_path: 
     assert proc.returncode == 2 and "--no-finetune" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.ros
 def test_bench_node_measures_reversion_over_dds(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "node.json"
     proc = revperception("bench-node", "--checkpoint", str(checkpoint), "--imgsz", "160", "--trials", "3",

@@ -20,7 +20,8 @@ from revperception.ros.spin import spin_until
 from revperception.tools.synthetic import road_frame
 
 COLCON = BIN / "colcon"
-pytestmark = pytest.mark.skipif(not COLCON.exists(), reason="colcon is not installed (requirements-ros.txt)")
+pytestmark = [pytest.mark.ros, pytest.mark.slow,
+              pytest.mark.skipif(not COLCON.exists(), reason="colcon is not installed (requirements-ros.txt)")]
 
 
 def colcon(workspace: Path, *args: str) -> subprocess.CompletedProcess:

@@ -8,10 +8,12 @@ from typing import Any
 import cv2
 import pytest
 
-from conftest import revperception, shared_path
+from conftest import SharedPath, revperception
 from revperception.bags import read_messages
 from revperception.pruning import FULL, PRUNED
 from revperception.tools.demo import RECORD_TOPICS, committed_checkpoint
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 DEMO_CHECKPOINT = committed_checkpoint()
 
@@ -66,8 +68,8 @@ def _stamp(msg: Any) -> tuple[int, int]:
 
 
 @pytest.mark.skipif(not DEMO_CHECKPOINT.exists(), reason=f"{DEMO_CHECKPOINT} is missing (`make demo-model`)")
-def test_video_demo_reverts_in_fog_and_returns(tmp_path: Path) -> None:
-    video = shared_path("data/drive-udacity/videos/solidWhiteRight.mp4")  # 960x540, 25 fps
+def test_video_demo_reverts_in_fog_and_returns(tmp_path: Path, shared: SharedPath) -> None:
+    video = shared("data/drive-udacity/videos/solidWhiteRight.mp4")  # 960x540, 25 fps
     proc = revperception("demo", "--video", str(video), *VIDEO_RUN, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAILED" not in proc.stderr
@@ -86,10 +88,10 @@ def test_video_demo_reverts_in_fog_and_returns(tmp_path: Path) -> None:
     assert strip is not None and strip.shape[:2] == (180, 3 * 320)  # three half-size 640x360 frames
 
 
-def test_video_demo_with_release_weights_detects_cars(tmp_path: Path) -> None:
+def test_video_demo_with_release_weights_detects_cars(tmp_path: Path, shared: SharedPath) -> None:
     """A checkpoint from the YOLOv5n release weights: its full level is that model, and dash-cam footage has cars."""
-    video = shared_path("data/drive-udacity/videos/solidWhiteRight.mp4")
-    weights = shared_path("models/yolov5n.pt")
+    video = shared("data/drive-udacity/videos/solidWhiteRight.mp4")
+    weights = shared("models/yolov5n.pt")
     checkpoint = tmp_path / "r.rvp.safetensors"
     # 320 px keeps each level under the video's 40 ms frame interval on two cores; full is still the release model.
     proc = revperception("prune", "--weights", str(weights), "--no-finetune", "--filter-fraction", "0.2",

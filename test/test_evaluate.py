@@ -8,25 +8,27 @@ import pytest
 import torch
 from ultralytics.utils import YAML
 
-from conftest import shared_path
+from conftest import SharedPath
 from revperception.models import load_model
 from revperception.offline.evaluate import evaluate
 from revperception.pruning import FULL
 from revperception.pruning.prune import prune_to_levels
 from revperception.runtime import ReversibleModel
 
+pytestmark = pytest.mark.slow
+
 SUBSET = 8  # images: enough for a plausible mAP, small enough for CI on two cores
 
 
 @pytest.fixture(scope="module")
-def release():
-    return load_model(shared_path("models/yolov5n.pt"))
+def release(shared: SharedPath):
+    return load_model(shared("models/yolov5n.pt"))
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def subset(tmp_path_factory: pytest.TempPathFactory, shared: SharedPath) -> Path:
     """A data.yaml over the first SUBSET coco128 images, linked (not copied) from ../shared."""
-    coco = shared_path("data/coco128-train")
+    coco = shared("data/coco128-train")
     root = tmp_path_factory.mktemp("coco8")
     (root / "images").mkdir()
     (root / "labels").mkdir()
@@ -66,12 +68,12 @@ def test_missing_data_and_split_are_reported(release, subset: Path) -> None:
         evaluate(release.model, subset, split="test")
 
 
-def test_release_model_matches_yolov5_val_on_coco128() -> None:
+def test_release_model_matches_yolov5_val_on_coco128(shared: SharedPath) -> None:
     # Reference: yolov5's val.py, imgsz 640, conf 0.001, IoU 0.6, batch 16, rectangular batches (../shared/README).
     # The reversible runtime's full level (BatchNorms folded, channels-last) must reach it too.
-    pruned = prune_to_levels(load_model(shared_path("models/yolov5n.pt")), [0.36])
+    pruned = prune_to_levels(load_model(shared("models/yolov5n.pt")), [0.36])
     model = ReversibleModel(pruned.model, pruned.groups, pruned.levels, start_level=FULL)
-    result = evaluate(model, shared_path("data/coco128-train/data.yaml"))
+    result = evaluate(model, shared("data/coco128-train/data.yaml"))
     assert result["images"] == 128 and result["instances"] == 929
     assert result["map50"] == pytest.approx(0.568, abs=0.015)
     assert result["map50_95"] == pytest.approx(0.365, abs=0.015)

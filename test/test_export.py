@@ -14,6 +14,8 @@ from conftest import revperception
 from revperception.checkpoint import load_reversible
 from revperception.runtime import build_levels
 
+pytestmark = pytest.mark.slow
+
 X = torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(0))
 
 

@@ -61,6 +61,7 @@ def test_parse_at() -> None:
     assert parse_at("2.5:1") == Event(2.5, True)
 
 
+@pytest.mark.slow
 def test_live_injection_reaches_a_subscriber_in_order(ros_context: None) -> None:
     import rclpy
     from std_msgs.msg import Bool
@@ -87,6 +88,7 @@ def test_live_injection_reaches_a_subscriber_in_order(ros_context: None) -> None
     assert "published 3 of 3 events" in proc.communicate()[0]
 
 
+@pytest.mark.slow
 def test_into_bag_adds_events_at_bag_start_plus_at(tmp_path: Path) -> None:
     bag = write_image_bag(tmp_path / "drive", [(START_NS + i * 100_000_000, road_frame(i)[::8, ::8])
                                                 for i in range(10)], storage="mcap")

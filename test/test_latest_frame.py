@@ -18,6 +18,8 @@ from revperception.ros import qos
 from revperception.ros.latest_frame import LatestFrame
 from revperception.ros.spin import spin_until
 
+pytestmark = pytest.mark.ros
+
 
 @pytest.fixture
 def camera_and_frames(ros_context: None) -> Iterator[tuple[Node, object, LatestFrame, SingleThreadedExecutor]]:

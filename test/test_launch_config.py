@@ -11,6 +11,7 @@ from rclpy.parameter import Parameter
 
 from conftest import ROOT
 from revperception.ros import anomaly_monitor, perception_node
+from revperception.ros.parameters import PARAMS_FILES, render_params_file
 
 LAUNCH = ROOT / "launch" / "perception.launch.py"
 TOPICS = {"image", "anomaly"}  # the nodes' relative topic names that a launch argument may remap
@@ -72,12 +73,14 @@ def test_launch_file_compiles_and_every_argument_reaches_a_node() -> None:
 
 @pytest.mark.parametrize(("config", "table"), [("perception.yaml", perception_node.PARAMETERS),
                                                ("anomaly_monitor.yaml", anomaly_monitor.PARAMETERS)])
-def test_params_file_lists_every_parameter_with_its_default(config: str, table: dict[str, tuple[Any, Any]]) -> None:
+def test_params_files_are_generated_from_the_parameter_tables(config: str, table: dict[str, tuple[Any, Any]]) -> None:
+    """Each file is what `python -m revperception.ros.parameters` writes from its node's table, and loads back
+    to every default with its type (the generator writes JSON scalars, which must read back as YAML)."""
     text = (ROOT / "config" / config).read_text()
+    _, what, usage = PARAMS_FILES[config]
+    assert text == render_params_file(table, what, usage), "stale: run `python -m revperception.ros.parameters`"
     values = yaml.safe_load(text)["/**"]["ros__parameters"]
-    assert set(values) == set(table)
+    assert list(values) == list(table)
     for name, (default, _) in table.items():
         expected = [] if default is Parameter.Type.INTEGER_ARRAY else default
         assert values[name] == expected and type(values[name]) is type(expected), name
-    assert all(f"{name}:" in line and "#" in line for name in table for line in text.splitlines()
-               if line.strip().startswith(f"{name}:"))

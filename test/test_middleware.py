@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -18,6 +19,8 @@ from conftest import resending, stop_process
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
 from revperception.ros.spin import spin_until
+
+pytestmark = pytest.mark.ros
 
 HELPERS = Path(__file__).parent / "helpers"
 

@@ -12,7 +12,7 @@ import pytest
 from ultralytics.data.utils import img2label_paths
 from ultralytics.utils import YAML
 
-from conftest import SHARED, shared_path
+from conftest import SHARED, SharedPath
 from revperception.offline.data import split_dataset
 from revperception.offline.report import format_table, front_map50_at, markdown_table, plot_report, write_report
 
@@ -87,8 +87,8 @@ def test_split_refuses_a_split_without_images(tmp_path: Path) -> None:
         split_dataset(tmp_path / "src/data.yaml", tmp_path / "split")
 
 
-def test_split_of_coco128_into_96_and_32(tmp_path: Path) -> None:
-    data = shared_path("data/coco128-train/data.yaml")
+def test_split_of_coco128_into_96_and_32(tmp_path: Path, shared: SharedPath) -> None:
+    data = shared("data/coco128-train/data.yaml")
     before = sorted(p.relative_to(SHARED) for p in (SHARED / "data/coco128-train").rglob("*"))
     split = split_dataset(data, tmp_path / "coco128-split", val=32)
     train, val = _lines(split.parent / "train.txt"), _lines(split.parent / "val.txt")
@@ -209,10 +209,10 @@ def test_split_cli_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "test" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def test_split_of_coco128_and_coco_extra_three_ways(tmp_path: Path) -> None:
-    coco128 = shared_path("data/coco128-train/data.yaml")
-    extra = shared_path("data/coco-extra/data.yaml")
-    frames = shared_path("data/coco-extra/images/unlabelled")
+def test_split_of_coco128_and_coco_extra_three_ways(tmp_path: Path, shared: SharedPath) -> None:
+    coco128 = shared("data/coco128-train/data.yaml")
+    extra = shared("data/coco-extra/data.yaml")
+    frames = shared("data/coco-extra/images/unlabelled")
     before = sorted(p.relative_to(SHARED) for p in (SHARED / "data").rglob("*"))
     split = split_dataset([coco128, extra], tmp_path / "split", val=0.25, test=0.25, unlabelled=[frames])
     summary = json.loads((split.parent / "split.json").read_text())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, randomise_batchnorms, shared_path, spread_class_biases, synthetic_dataset
+from conftest import BIN, SharedPath, randomise_batchnorms, spread_class_biases, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
 from revperception.offline.config import ALLOCATIONS, PruneConfig
@@ -21,6 +21,8 @@ from revperception.offline.finetune import freeze_batchnorm
 from revperception.offline.masks import ChannelMasks, trainable_only
 from revperception.pruning import FULL, PRUNED, find_groups
 from revperception.runtime import ReversibleModel
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +176,9 @@ def test_eval_cli_gives_the_same_map_on_every_backend_at_fp32(run, data: Path, t
 
 
 @torch.no_grad()
-def test_the_release_models_full_level_is_the_release_model(tmp_path: Path) -> None:
+def test_the_release_models_full_level_is_the_release_model(tmp_path: Path, shared: SharedPath) -> None:
     """On the real YOLOv5n release checkpoint, the pruned checkpoint's full level computes what it computes."""
-    release = shared_path("models/yolov5n.pt")
+    release = shared("models/yolov5n.pt")
     out = tmp_path / "r.rvp.safetensors"
     proc = subprocess.run([str(BIN / "revperception"), "prune", "--weights", str(release), "--no-finetune",
                            "--filter-fraction", "0.3", "--level-imgsz", "320", "--out", str(out)],

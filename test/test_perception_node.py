@@ -35,6 +35,8 @@ from revperception.ros.perception_node import PerceptionNode, StartError
 from revperception.ros.spin import spin_until
 from revperception.tools.synthetic import road_frame
 
+pytestmark = pytest.mark.ros
+
 FRAME = road_frame(0)[::4, ::4].copy()  # 160x120: quick on two cores
 _namespaces = iter(range(1_000_000))
 
@@ -142,6 +144,7 @@ def test_full_level_detections_equal_the_dense_model(rig_factory, tiny_checkpoin
     assert [d.results[0].hypothesis.class_id for d in got] == want.class_names
 
 
+@pytest.mark.slow
 def test_the_openvino_backend_runs_each_level_and_reverts_on_an_anomaly(rig_factory) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is not installed (backend torch needs nothing more)")
     rig = rig_factory(backend="openvino", precision="fp32", anomaly_clear_hold_s=0.0)
@@ -218,6 +221,7 @@ def test_compressed_jpeg_and_png_and_a_corrupt_one(rig_factory) -> None:
     assert rig.node.stats.frames == 2
 
 
+@pytest.mark.slow
 def test_a_1khz_anomaly_flood_for_5_s(rig_factory) -> None:
     rig = rig_factory(anomaly_clear_hold_s=0.0, image_qos="sensor_data")  # no hold: every toggle is a switch
     flood = subprocess.Popen([sys.executable, str(ROOT / "test" / "helpers" / "anomaly_flood.py"),
@@ -291,6 +295,7 @@ def node_command(checkpoint: Path | str, *extra: str) -> list[str]:
             "-p", f"checkpoint:={checkpoint}", "-r", "image:=/camera/image_raw", *extra]
 
 
+@pytest.mark.slow
 def test_console_script_with_params_file_and_remap(ros_context: None, tiny_checkpoint: Path) -> None:
     proc = subprocess.Popen(node_command(tiny_checkpoint, "-p", "image_qos:=reliable", "-p", "imgsz:=160",
                                          "-p", "anomaly_timeout_s:=0.0",  # no monitor here
@@ -316,6 +321,7 @@ def test_console_script_with_params_file_and_remap(ros_context: None, tiny_check
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_lifecycle_manager_drives_every_transition_over_the_standard_services(ros_context: None,
                                                                                  tiny_checkpoint: Path) -> None:
     """autostart false, then configure, activate, deactivate, cleanup, configure, activate from another process
@@ -369,6 +375,7 @@ def test_a_lifecycle_manager_drives_every_transition_over_the_standard_services(
     assert node.returncode == 0
 
 
+@pytest.mark.slow
 def test_with_the_shipped_parameters_a_dead_monitor_means_full(ros_context: None, tiny_checkpoint: Path) -> None:
     """The launch file's pair, started from the shipped parameter files: kill the monitor and the node goes full
     on its own within `anomaly_timeout_s` of the last heartbeat (fail-safe by default)."""

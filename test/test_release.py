@@ -13,7 +13,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.metrics import box_iou
 from ultralytics.utils.ops import xywh2xyxy
 
-from conftest import shared_path
+from conftest import SharedPath
 from revperception.models import Detector, build_model, load_model
 from revperception.models.release import (
     AnchorDetect,
@@ -39,12 +39,12 @@ TINY_CFG = {
 
 
 @pytest.fixture(scope="module")
-def release():
-    return load_model(shared_path("models/yolov5n.pt"))
+def release(shared: SharedPath):
+    return load_model(shared("models/yolov5n.pt"))
 
 
-def test_release_checkpoint_loads_as_float32_yolov5n(release) -> None:
-    assert is_release_checkpoint(shared_path("models/yolov5n.pt"))
+def test_release_checkpoint_loads_as_float32_yolov5n(release, shared: SharedPath) -> None:
+    assert is_release_checkpoint(shared("models/yolov5n.pt"))
     assert release.arch["family"] == "yolov5-release"
     assert release.names[0] == "person" and release.names[79] == "toothbrush"
     assert release.stride == 32 and release.model.stride.tolist() == [8, 16, 32]
@@ -61,9 +61,9 @@ def test_release_arch_rebuilds_the_same_network(release) -> None:
     torch.testing.assert_close(fresh(x), release.model(x))
 
 
-def test_release_detections_match_the_labels(release) -> None:
-    image_path = shared_path("data/coco128-train/images/train2017/000000000009.jpg")
-    labels = np.loadtxt(shared_path("data/coco128-train/labels/train2017/000000000009.txt"))
+def test_release_detections_match_the_labels(release, shared: SharedPath) -> None:
+    image_path = shared("data/coco128-train/images/train2017/000000000009.jpg")
+    labels = np.loadtxt(shared("data/coco128-train/labels/train2017/000000000009.txt"))
     image = cv2.imread(str(image_path))
     h, w = image.shape[:2]
     det = Detector(release.model, release.names, stride=release.stride, imgsz=640).predict(image)

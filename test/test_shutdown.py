@@ -16,6 +16,8 @@ from conftest import BIN, ROOT
 from revperception.ros import qos
 from revperception.ros.spin import spin_until
 
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
 SIGNALS = {"SIGINT": [signal.SIGINT], "SIGTERM": [signal.SIGTERM], "SIGINT twice (ros2 launch)": [signal.SIGINT] * 2}
 
 

@@ -6,7 +6,6 @@ the same network with fresh weights: checkpoints store `arch` and tensors, never
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,12 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import ROOT, YAML
 
+from revperception.models.loaded import ULTRALYTICS, YOLOV5_RELEASE, LoadedModel
+from revperception.models.release import build_release_model, is_release_checkpoint, load_release_checkpoint
+
 # Ultralytics ships the COCO class names, so YAML-built 80-class models get real names offline.
 _COCO_NAMES: dict[int, str] = YAML.load(ROOT / "cfg/datasets/coco.yaml")["names"]
 
-ULTRALYTICS = "ultralytics"
-YOLOV5_RELEASE = "yolov5-release"  # original ultralytics/yolov5 checkpoints, anchor-based head (models/release.py)
-
-
-@dataclass
-class LoadedModel:
-    """A detection network with what is needed to run and rebuild it."""
-
-    model: nn.Module
-    names: dict[int, str]
-    stride: int
-    source: str
-    arch: dict[str, Any]  # {"family": ..., "cfg": model config dict}
 
 
 def _names_for(model: nn.Module, nc: int) -> dict[int, str]:
@@ -47,8 +36,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     if family == ULTRALYTICS:
         return DetectionModel(dict(arch["cfg"]), verbose=False).float().eval()
     if family == YOLOV5_RELEASE:
-        from revperception.models.release import build_release_model  # release imports this module
-
         return build_release_model(arch["cfg"])
     raise ValueError(f"unknown model family {family!r}")
 
@@ -61,8 +48,6 @@ def load_model(weights: str | Path) -> LoadedModel:
     elif weights.endswith(".pt"):
         if not Path(weights).is_file():
             raise FileNotFoundError(f"no such checkpoint: {weights}")
-        from revperception.models.release import is_release_checkpoint, load_release_checkpoint  # imports this module
-
         if is_release_checkpoint(weights):
             return load_release_checkpoint(weights)
         model, _ = load_checkpoint(weights, device="cpu", fuse=False)

@@ -25,7 +25,7 @@ from ultralytics.nn.modules import C3, Concat, Conv
 from ultralytics.utils.ops import make_divisible
 from ultralytics.utils.torch_utils import initialize_weights
 
-from revperception.models.loader import YOLOV5_RELEASE, LoadedModel
+from revperception.models.loaded import YOLOV5_RELEASE, LoadedModel
 
 
 class _Stub(nn.Module):

@@ -266,7 +266,7 @@ class Pipeline:
 def _owned(name: str, model: nn.Module) -> bool:
     """Whether a level owns this state-dict entry: what sets a BatchNorm's shift (its bias and mean), and the
     biases of convs without BatchNorm. Never a scale: folded, a level's own scale is one more pass over each
-    output (see the README for what it cost), where its own shift replaces the shared bias for free."""
+    output (docs/offline-pipeline.md says what it cost), where its own shift replaces the shared bias for free."""
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
     if isinstance(module, nn.BatchNorm2d):

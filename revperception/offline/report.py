@@ -68,7 +68,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The same table as GitHub markdown, for the README."""
+    """The same table as GitHub markdown, for the docs."""
     lines = ["| " + " | ".join(row) + " |" for row in [list(_HEADERS), *_rows(report)]]
     lines.insert(1, "|---|" + "|".join("---:" for _ in _HEADERS[1:]) + "|")
     return "\n".join(lines) + "\n"

@@ -96,3 +96,9 @@ def encode_level(groups: Sequence[ChannelGroup], keep: Sequence[int]) -> bytes:
     """Only the groups a level changes: (uint16 group index, uint16 kept channels) each."""
     changed = [(i, k) for i, (g, k) in enumerate(zip(groups, keep, strict=True)) if k != g.size]
     return b"".join(struct.pack("<HH", i, k) for i, k in changed)
+
+
+def encodings(groups: Sequence[ChannelGroup], levels: Levels) -> dict[str, bytes]:
+    """Every level's encoding by name: the full architecture whole (first), each other level as its difference."""
+    return {FULL: encode_full(groups), **{name: encode_level(groups, levels.keep[name])
+                                          for name in levels.names if name != FULL}}

@@ -1,8 +1,16 @@
-"""Parameter descriptors in one line each, shared by the package's nodes."""
+"""Parameter descriptors in one line each, shared by the package's nodes, and the parameter files made from them."""
 
 from __future__ import annotations
 
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from revperception.io import atomic_write_text
 
 
 def describe(description: str, *, read_only: bool = False, low: float | None = None, high: float | None = None,
@@ -15,3 +23,45 @@ def describe(description: str, *, read_only: bool = False, low: float | None = N
         else:
             descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
     return descriptor
+
+
+# The parameter files users start the nodes with, each generated from its node's PARAMETERS table (the one source
+# of names, defaults and descriptions): `python -m revperception.ros.parameters` rewrites them, a test compares.
+PARAMS_FILES = {  # file in config/ -> (node module, what the file is for, how it is used)
+    "perception.yaml": ("revperception.ros.perception_node", "the revperception perception node",
+                        "ros2 run revperception perception_node --ros-args --params-file config/perception.yaml "
+                        "-r image:=/camera/image_raw"),
+    "anomaly_monitor.yaml": ("revperception.ros.anomaly_monitor", "the revperception reference anomaly monitor",
+                             "ros2 run revperception anomaly_monitor --ros-args --params-file "
+                             "config/anomaly_monitor.yaml -r image:=/camera/image_raw"),
+}
+
+
+def render_params_file(table: dict[str, tuple[Any, ParameterDescriptor]], what: str, usage: str) -> str:
+    """Every parameter of `table` at its default, with its description, range and whether it changes at run time."""
+    lines = [f"# Parameters of {what}, each at its default. Generated from its PARAMETERS table by",
+             "# `python -m revperception.ros.parameters`: edit the table, not this file.", f"# {usage}", "/**:",
+             "  ros__parameters:"]
+    for name, (default, descriptor) in table.items():
+        value = json.dumps([] if default is Parameter.Type.INTEGER_ARRAY else default)  # JSON scalars are YAML
+        ranges = [*descriptor.integer_range, *descriptor.floating_point_range]
+        notes = [f"{ranges[0].from_value}..{ranges[0].to_value}"] if ranges else []
+        notes += [] if descriptor.read_only else ["run time"]
+        comment = descriptor.description + (f" ({', '.join(notes)})" if notes else "")
+        lines.append(f"    {name}: {value}".ljust(34) + f"# {comment}")
+    return "\n".join(lines) + "\n"
+
+
+def write_params_files(folder: Path) -> list[Path]:
+    """Regenerate every file of PARAMS_FILES in `folder` (atomically)."""
+    written = []
+    for file, (module, what, usage) in PARAMS_FILES.items():
+        table = importlib.import_module(module).PARAMETERS
+        atomic_write_text(folder / file, render_params_file(table, what, usage))
+        written.append(folder / file)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_params_files(Path(__file__).resolve().parents[2] / "config"):
+        print(f"wrote {path}")

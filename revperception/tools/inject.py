@@ -23,7 +23,7 @@ from std_msgs.msg import Bool
 
 from revperception.injection import Event, Schedule
 from revperception.ros import qos
-from revperception.ros.replay import ACK_TIMEOUT_S, ReplayError, signals_set, spinning, wait_polling
+from revperception.tools.replay import ACK_TIMEOUT_S, ReplayError, signals_set, spinning, wait_polling
 
 CLOCK_POLL_S = 0.01  # how often bag time is checked between /clock messages (40 Hz from a player)
 
