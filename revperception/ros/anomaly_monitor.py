@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -24,6 +24,7 @@ from vision_msgs.msg import Detection2DArray
 from revperception.anomaly import AnomalyMonitor, Thresholds, measure
 from revperception.ros import qos
 from revperception.ros.conversions import ImageError, compressed_to_bgr, image_to_bgr
+from revperception.ros.node_base import NodeBase
 from revperception.ros.parameters import describe
 from revperception.ros.spin import run_node
 
@@ -53,23 +54,19 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
 }
 
 
-class AnomalyMonitorNode(Node):
+class AnomalyMonitorNode(NodeBase, Node):
     """Frames and detections in, a steady `anomaly` heartbeat and `~/status` out; see the module docstring."""
 
     def __init__(self, node_name: str = NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        self.declare_table(PARAMETERS)
         self.monitor = AnomalyMonitor(Thresholds(**{n: self.param(n) for n in THRESHOLDS}),
                                       **{n: self.param(n) for n in (*HOLDS, "stall_timeout_s")})
         self.images = self.bad_images = self.detections = 0
         self._anomaly = False
         image_qos = qos.image_qos(self.param("image_qos"))
-        if self.param("compressed"):
-            topic = self.resolve_topic_name("image") + "/compressed"  # image_transport's naming
-            images = self.create_subscription(CompressedImage, topic, self._on_frame, image_qos)
-        else:
-            images = self.create_subscription(Image, "image", self._on_frame, image_qos)
+        kind, topic = self.image_subscription()
+        images = self.create_subscription(kind, topic, self._on_frame, image_qos)
         self.create_subscription(Detection2DArray, "detections", self._on_detections, qos.DETECTIONS)
         self._publisher = self.create_publisher(Bool, "anomaly", qos.ANOMALY)
         self._status = self.create_publisher(DiagnosticArray, "~/status", qos.DETECTIONS)
@@ -78,9 +75,6 @@ class AnomalyMonitorNode(Node):
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.get_logger().info(f"watching {images.topic_name} -> {self._publisher.topic_name} at "
                                f"{self.param('rate_hz')} Hz")
-
-    def param(self, name: str) -> Any:
-        return self.get_parameter(name).value
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
         """Thresholds, holds and the stall timeout change at run time (rclpy has checked the ranges)."""
@@ -137,10 +131,8 @@ class AnomalyMonitorNode(Node):
             "image_age_s": "never" if image_age is None else f"{image_age:.2f}",
             "detections_age_s": "never" if detections_age is None else f"{detections_age:.2f}",
         }
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: anomaly", message=message,
-                                  hardware_id=self.get_fully_qualified_name(),
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        self._status.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+        self._status.publish(self.status_array(Header(stamp=self.get_clock().now().to_msg()), "anomaly", values, level,
+                                               message))
 
 
 def main(args: list[str] | None = None) -> None:

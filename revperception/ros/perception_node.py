@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.serialization import deserialize_message
@@ -58,6 +57,7 @@ from revperception.ros.conversions import (
     to_detection2d_array,
 )
 from revperception.ros.latest_frame import LatestFrame
+from revperception.ros.node_base import NodeBase
 from revperception.ros.parameters import describe
 from revperception.ros.spin import run_node
 from revperception.runtime import ReversibleDetector
@@ -112,13 +112,12 @@ class Stats:
     window_frames: int = 0  # frames since the last /diagnostics message
 
 
-class PerceptionNode(LifecycleNode):
+class PerceptionNode(NodeBase, LifecycleNode):
     """Camera frames in, detections out, at the level the LevelPolicy wants; see the module docstring."""
 
     def __init__(self, node_name: str = NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        self.declare_table(PARAMETERS)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.detector: ReversibleDetector | None = None
@@ -135,13 +134,6 @@ class PerceptionNode(LifecycleNode):
         self._failure = ""
         if self.param("autostart"):
             self.start()
-
-    def param(self, name: str) -> Any:
-        """A parameter's value; None for one declared without a value (`classes` when unset)."""
-        try:
-            return self.get_parameter(name).value
-        except ParameterUninitializedException:
-            return None
 
     def start(self) -> None:
         """Configure and activate, as a lifecycle manager would; raises StartError with the reason."""
@@ -199,10 +191,7 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         if (enabled := super().on_activate(state)) != TransitionCallbackReturn.SUCCESS:
             return enabled
-        if self.param("compressed"):
-            kind, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"  # image_transport's
-        else:
-            kind, topic = Image, "image"
+        kind, topic = self.image_subscription()
         frames = LatestFrame(self, kind, topic, image_qos)
         anomaly = self.create_subscription(Bool, "anomaly", self._on_anomaly, qos.ANOMALY)
         force = self.create_service(SetBool, "~/force_full", self._on_force_full)
@@ -352,7 +341,7 @@ class PerceptionNode(LifecycleNode):
         stats.frames += 1
         stats.window_frames += 1
         stats.latencies_ms.append(latency_ms)
-        self._frame_info.publish(self._status_array(header, "frame", {
+        self._frame_info.publish(self.status_array(header, "frame", {
             "level": detections.level, "latency_ms": f"{latency_ms:.2f}", "detections": len(detections),
             "frame": stats.frames, "dropped_frames": dropped, "bad_frames": stats.bad_frames}))
         if self.param("publish_debug_image"):
@@ -360,13 +349,6 @@ class PerceptionNode(LifecycleNode):
             self._debug.publish(bgr_to_image(annotate(frame, detections, banner=banner), header))
 
     # -- diagnostics ----------------------------------------------------------------------------------
-
-    def _status_array(self, header: Header, what: str, values: dict[str, Any],
-                      level: bytes = DiagnosticStatus.OK, message: str = "") -> DiagnosticArray:
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: {what}", message=message,
-                                  hardware_id=self.get_fully_qualified_name(),
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        return DiagnosticArray(header=header, status=[status])
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
@@ -379,7 +361,7 @@ class PerceptionNode(LifecycleNode):
             anomaly, forced = policy.anomaly, policy.forced
         warn = decision.reason == "timeout"
         header = Header(stamp=self.get_clock().now().to_msg())
-        self._diagnostics.publish(self._status_array(header, "perception", {
+        self._diagnostics.publish(self.status_array(header, "perception", {
             "level": decision.level, "reason": decision.reason, "fps": f"{fps:.2f}",
             "latency_ms": f"{latencies[len(latencies) // 2]:.2f}" if latencies else "n/a",
             "frames": stats.frames, "dropped_frames": self._frames.dropped if self._frames else 0,

@@ -1,14 +1,15 @@
-"""Waiting on ROS events by spinning, never by sleeping."""
+"""Waiting on ROS events by spinning, never by sleeping; signals and executor threads for the nodes and the tools."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import rclpy
-from rclpy.executors import Executor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
@@ -29,17 +30,38 @@ class _StartInterruptedError(BaseException):
     transition callback's catch-all) may take it for a failure to start."""
 
 
-def _spin_until_stopped(executor: Executor, stop: threading.Event, poll_s: float = 0.1) -> None:
-    """Spin `executor` on a thread until `stop` is set (or rclpy shuts down). The executor spins on its own
-    thread because spin_once() in a loop busy-waits while a callback group is occupied."""
+@contextmanager
+def signals_set(event: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `event` while inside (the tools' way; a node's main keeps them to the end: run_node)."""
+    previous = {sig: signal.signal(sig, lambda *_: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def spinning(node: Node) -> Iterator[None]:
+    """`node`'s callbacks served on an executor thread while inside; stopped and joined on the way out."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
     spinner.start()
     try:
-        while not stop.wait(poll_s) and rclpy.ok() and spinner.is_alive():
-            pass
+        yield
     finally:
         executor.shutdown()
         spinner.join()
+
+
+def wait_polling(condition: Callable[[], bool], stop: threading.Event, timeout_s: float) -> bool:
+    """Poll `condition` (graph state, updated by the middleware's threads) until true, stopped or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if stop.wait(0.02) or time.monotonic() > deadline:
+            return condition()
+    return True
 
 
 def run_node(make_node: Callable[[], Node], name: str, args: list[str] | None = None) -> None:
@@ -76,9 +98,9 @@ def run_node(make_node: Callable[[], Node], name: str, args: list[str] | None = 
     started.set()
     try:
         if node is not None and not stop.is_set():
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            _spin_until_stopped(executor, stop)
+            with spinning(node):
+                while not stop.wait(0.1) and rclpy.ok():
+                    pass
     finally:
         if node is not None:
             node.destroy_node()

@@ -23,7 +23,8 @@ from std_msgs.msg import Bool
 
 from revperception.injection import Event, Schedule
 from revperception.ros import qos
-from revperception.tools.replay import ACK_TIMEOUT_S, ReplayError, signals_set, spinning, wait_polling
+from revperception.ros.spin import signals_set, spinning, wait_polling
+from revperception.tools.replay import ACK_TIMEOUT_S, ReplayError
 
 CLOCK_POLL_S = 0.01  # how often bag time is checked between /clock messages (40 Hz from a player)
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import importlib
 import queue
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import rclpy
 from rclpy.duration import Duration
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -32,6 +30,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 
 from revperception.bags import BagError, BagWriter, bag_info, ensure_type, read_raw, require_topics
 from revperception.injection import bag_topic
+from revperception.ros.spin import signals_set, spinning, wait_polling
 
 DEFAULT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # ros2 bag play's default too
 CLOCK_PERIOD_S = 0.025  # /clock at 40 Hz, as `ros2 bag play --clock`
@@ -230,40 +229,6 @@ class Recorder:
     def ready(self) -> bool:
         """Every topic subscribed and matched with a publisher: nothing published from now on is missed."""
         return not self.missing and all(s.get_publisher_count() > 0 for s in self.subscriptions.values())
-
-
-@contextmanager
-def signals_set(event: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `event` while inside; a flag cannot lose the request (see spin.run_node)."""
-    previous = {sig: signal.signal(sig, lambda *_: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextmanager
-def spinning(node: Node) -> Iterator[None]:
-    """`node`'s callbacks served on an executor thread while inside; stopped and joined on the way out."""
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
-    spinner.start()
-    try:
-        yield
-    finally:
-        executor.shutdown()
-        spinner.join()
-
-
-def wait_polling(condition: Callable[[], bool], stop: threading.Event, timeout_s: float) -> bool:
-    """Poll `condition` (graph state, updated by the middleware's threads) until true, stopped or timed out."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if stop.wait(0.02) or time.monotonic() > deadline:
-            return condition()
-    return True
 
 
 class _Player:
