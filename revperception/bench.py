@@ -188,13 +188,14 @@ def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int | 
     else:
         from revperception.compiled import compile_network
 
-        compiled_dense, _, dense_resident = _built(lambda: compile_network(dense, sizes[FULL], resolve(precision)))
+        # what a switch spares: converting and compiling the full architecture
+        compiled_dense, build_ms, dense_resident = _built(lambda: compile_network(dense, sizes[FULL],
+                                                                                  resolve(precision)))
         request = compiled_dense.create_infer_request()
         x_np = torch.rand(1, 3, sizes[FULL], sizes[FULL]).numpy()
         run_dense = lambda: request.infer({0: x_np})  # noqa: E731
         model, _, resident = _built(lambda: build_levels(pruned, backend=backend, precision=precision,
                                                          start_level=FULL, sizes=sizes))
-        _, build_ms, _ = _built(lambda: compile_network(dense, sizes[FULL], model.precision))  # what a switch spares
 
     def level(name: str) -> Callable[[], object]:
         x, index = torch.rand(1, 3, sizes[name], sizes[name]), pruned.levels.index(name)

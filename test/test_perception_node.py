@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,20 @@ def test_missing_checkpoint_or_unknown_level_refuses_to_start(ros_context: None,
 # -- the console script, exactly as a vehicle starts it ---------------------------------------------
 
 
+@contextmanager
+def probing(*commands: list[str], name: str = "probe") -> Iterator[tuple[Node, list[subprocess.Popen]]]:
+    """Start `commands` as processes and a probe node to talk to them; on the way out, the probe is destroyed and
+    every process stopped as `ros2 launch` stops it (check their return codes after)."""
+    procs = [subprocess.Popen(command) for command in commands]
+    probe = Node(name)
+    try:
+        yield probe, procs
+    finally:
+        probe.destroy_node()
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
 def node_command(checkpoint: Path | str, *extra: str) -> list[str]:
     return [str(BIN / "perception_node"), "--ros-args", "--params-file", str(ROOT / "config" / "perception.yaml"),
             "-p", f"checkpoint:={checkpoint}", "-r", "image:=/camera/image_raw", *extra]
@@ -297,11 +312,10 @@ def node_command(checkpoint: Path | str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_console_script_with_params_file_and_remap(ros_context: None, tiny_checkpoint: Path) -> None:
-    proc = subprocess.Popen(node_command(tiny_checkpoint, "-p", "image_qos:=reliable", "-p", "imgsz:=160",
-                                         "-p", "anomaly_timeout_s:=0.0",  # no monitor here
-                                         "-r", "__ns:=/vehicle"))
-    probe = Node("probe")
-    try:
+    command = node_command(tiny_checkpoint, "-p", "image_qos:=reliable", "-p", "imgsz:=160",
+                           "-p", "anomaly_timeout_s:=0.0",  # no monitor here
+                           "-r", "__ns:=/vehicle")
+    with probing(command) as (probe, (proc,)):
         replies: list[Detection2DArray] = []
         modes: list[str] = []
         images = probe.create_publisher(Image, "/camera/image_raw", qos.IMAGE_RELIABLE)
@@ -315,9 +329,6 @@ def test_console_script_with_params_file_and_remap(ros_context: None, tiny_check
         assert spin_until(probe, resending(images, frame, lambda: bool(replies)), 60.0), "no detections"
         assert replies[0].header.stamp.sec == 7
         assert proc.poll() is None
-    finally:
-        probe.destroy_node()
-        stop_process(proc)
     assert proc.returncode == 0
 
 
@@ -326,11 +337,9 @@ def test_a_lifecycle_manager_drives_every_transition_over_the_standard_services(
                                                                                  tiny_checkpoint: Path) -> None:
     """autostart false, then configure, activate, deactivate, cleanup, configure, activate from another process
     through ~/change_state and ~/get_state, as nav2's lifecycle manager or `ros2 lifecycle set` would."""
-    node = subprocess.Popen(node_command(tiny_checkpoint, "-p", "imgsz:=160", "-p", "image_qos:=reliable",
-                                         "-p", "autostart:=false", "-p", "anomaly_timeout_s:=0.0",
-                                         "-r", "__ns:=/managed"))
-    probe = Node("manager")
-    try:
+    command = node_command(tiny_checkpoint, "-p", "imgsz:=160", "-p", "image_qos:=reliable", "-p", "autostart:=false",
+                           "-p", "anomaly_timeout_s:=0.0", "-r", "__ns:=/managed")
+    with probing(command, name="manager") as (probe, (node,)):
         change = probe.create_client(ChangeState, "/managed/revperception/change_state")
         get = probe.create_client(GetState, "/managed/revperception/get_state")
         images = probe.create_publisher(Image, "/camera/image_raw", qos.IMAGE_RELIABLE)
@@ -369,9 +378,6 @@ def test_a_lifecycle_manager_drives_every_transition_over_the_standard_services(
         assert spin_until(probe, resending(images, frame(6), lambda: 6 in stamps), 60.0), "no detections again"
         assert set(stamps) == {3, 6}  # nothing from the frames sent while inactive (1, 2, 4, 5)
         assert node.poll() is None
-    finally:
-        probe.destroy_node()
-        stop_process(node)
     assert node.returncode == 0
 
 
@@ -382,11 +388,10 @@ def test_with_the_shipped_parameters_a_dead_monitor_means_full(ros_context: None
     shipped = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())["/**"]["ros__parameters"]
     monitor_rate = yaml.safe_load((ROOT / "config" / "anomaly_monitor.yaml").read_text())["/**"]["ros__parameters"]
     assert 1.0 / monitor_rate["rate_hz"] < shipped["anomaly_timeout_s"] <= 1.0  # beats in time; full within 1 s
-    monitor = subprocess.Popen([str(BIN / "anomaly_monitor"), "--ros-args", "--params-file",
-                                str(ROOT / "config" / "anomaly_monitor.yaml"), "-r", "__ns:=/failsafe"])
-    node = subprocess.Popen(node_command(tiny_checkpoint, "-p", "imgsz:=160", "-r", "__ns:=/failsafe"))
-    probe = Node("probe")
-    try:
+    monitor = [str(BIN / "anomaly_monitor"), "--ros-args", "--params-file",
+               str(ROOT / "config" / "anomaly_monitor.yaml"), "-r", "__ns:=/failsafe"]
+    with probing(monitor, node_command(tiny_checkpoint, "-p", "imgsz:=160", "-r", "__ns:=/failsafe")) as (
+            probe, (monitor_proc, node)):
         modes: list[str] = []
         reasons: list[str] = []
         probe.create_subscription(String, "/failsafe/revperception/mode", lambda m: modes.append(m.data), qos.MODE)
@@ -397,16 +402,12 @@ def test_with_the_shipped_parameters_a_dead_monitor_means_full(ros_context: None
 
         probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DETECTIONS)
         assert spin_until(probe, lambda: modes and modes[-1] == PRUNED, 120.0), f"never calm: {modes}"
-        monitor.kill()
-        monitor.wait()
+        monitor_proc.kill()
+        monitor_proc.wait()
         killed = time.monotonic()
         assert spin_until(probe, lambda: modes[-1] == FULL, 30.0), "a dead monitor left the node pruned"
         print(f"monitor killed -> ~/mode full after {time.monotonic() - killed:.2f} s")
         assert spin_until(probe, lambda: reasons and reasons[-1] == "timeout", 10.0)
-    finally:
-        probe.destroy_node()
-        stop_process(node)
-        stop_process(monitor)
     assert node.returncode == 0
 
 

@@ -167,7 +167,8 @@ def test_every_level_with_its_own_state_runs_at_bf16_close_to_fp32(pruned, fuse:
         exact.set_level(level)
         bf16.set_level(level)
         want, got = exact(X), bf16(X)
-        assert got.dtype == torch.float32  # the head decodes in fp32: box corners are not rounded to bf16
+        boxes = got[:, :4]  # decoded in fp32 by the head, so not all on bf16's grid (a bf16 decode would round them)
+        assert not torch.equal(boxes.bfloat16().float(), boxes), level
         assert float((got - want).abs().mean() / want.abs().mean()) < 0.02, level
 
 
