@@ -7,9 +7,7 @@ and load its weights from disk. Timings are medians of interleaved runs on this 
 from __future__ import annotations
 
 import copy
-import gc
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -19,92 +17,17 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.flop_counter import FlopCounterMode
 
 from revperception.checkpoint import SUFFIX, load_reversible
+from revperception.detector import build_levels
 from revperception.export import BackendError, import_openvino, to_openvino
 from revperception.io import atomic_write_text
+from revperception.measure import built, level_sizes, measure_levels, median_ms, storage_bytes, time_interleaved
 from revperception.models import build_model, load_model
 from revperception.precision import FP32, resolve
 from revperception.pruning import FULL, PRUNED, encodings
 from revperception.pruning.prune import PrunedModel, prune_to_levels
-from revperception.runtime import (
-    BACKENDS,
-    TORCH,
-    ReversibleModel,
-    build_levels,
-    fuse_batchnorms,
-    reduce_precision,
-)
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def _storage_bytes(module: torch.nn.Module) -> int:
-    """Bytes of the distinct storages behind a module's parameters and buffers (views count once)."""
-    storages = {}
-    for tensor in [*module.parameters(), *module.buffers()]:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
-
-
-def _flops(model: ReversibleModel, x: torch.Tensor) -> int:
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
-
-
-def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median ms of each callable over `repeats` rounds that run every callable once in turn, so the machine's
-    drift weighs on each alike; one untimed round first (oneDNN builds its kernels once per shape)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for repeat in range(repeats + 1):
-        for name, fn in runs.items():
-            elapsed = _median_ms(fn, 1)
-            if repeat:
-                times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def level_sizes(pruned: PrunedModel, imgsz: int | None = None) -> dict[str, int]:
-    """Each level's input size: its own (or the checkpoint's), or `imgsz` for all when given."""
-    return {name: imgsz or pruned.levels.size(name, pruned.imgsz) for name in pruned.levels.names}
-
-
-@torch.inference_mode()
-def measure_levels(pruned: PrunedModel, imgsz: int | None = None) -> dict[str, dict[str, int]]:
-    """Parameters and FLOPs (batch 1, square input) each level runs at its input size (or `imgsz`); measured on
-    a copy of the model."""
-    model = ReversibleModel(copy.deepcopy(pruned.model), pruned.groups, pruned.levels, fuse=False,
-                            channels_last=False, private=pruned.private)
-    stats = {}
-    for level, size in level_sizes(pruned, imgsz).items():
-        model.set_level(level)
-        stats[level] = {"params": model.parameter_count(level), "flops": _flops(model, torch.zeros(1, 3, size, size)),
-                        "imgsz": size}
-    return stats
-
-
-@torch.inference_mode()
-def level_latencies(pruned: PrunedModel, imgsz: int | None = None, runs: int = 5) -> dict[str, float]:
-    """Median CPU latency (ms, batch 1, square input) of each level at its input size (or `imgsz`), interleaved,
-    on a copy of the model."""
-    model = ReversibleModel(copy.deepcopy(pruned.model).cpu(), pruned.groups, pruned.levels, start_level=FULL,
-                            private=pruned.private)
-
-    def level(name: str, size: int) -> Callable[[], object]:
-        x, index = torch.rand(1, 3, size, size), pruned.levels.index(name)
-        return lambda: model.run(x, index)
-
-    return time_interleaved({name: level(name, size) for name, size in level_sizes(pruned, imgsz).items()}, runs)
+from revperception.runtime import BACKENDS, TORCH, fuse_batchnorms, reduce_precision
 
 
 def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
@@ -117,7 +40,7 @@ def _disk_load_ms(pruned: PrunedModel, repeats: int) -> float:
             build_model(pruned.arch).load_state_dict(load_file(str(path)), assign=True)
 
         load()  # first-touch costs (imports, page cache) are not the steady state a vehicle sees
-        return _median_ms(load, repeats)
+        return median_ms(load, repeats)
 
 
 def run_bench(source: str, *, sparsity: float = 0.36, imgsz: int | None = None, switches: int = 200,
@@ -135,23 +58,6 @@ def run_bench(source: str, *, sparsity: float = 0.36, imgsz: int | None = None, 
     with torch.inference_mode():
         return _measure(pruned, source=source, sparsity=sparsity, imgsz=imgsz, switches=switches, loads=loads,
                         runs=runs, backend=backend, precision=precision)
-
-
-def _resident_bytes() -> int:
-    """This process's resident memory (Linux; 0 where /proc is absent)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
-    except OSError:
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def _built(build: Callable[[], Any]) -> tuple[Any, float, int]:
-    """What `build` returns, the ms it took and the resident bytes it added."""
-    gc.collect()
-    before, start = _resident_bytes(), time.perf_counter()
-    built = build()
-    return built, (time.perf_counter() - start) * 1e3, _resident_bytes() - before
 
 
 def _peer(dense: torch.nn.Module, size: int) -> Callable[[], object] | None:
@@ -183,18 +89,18 @@ def _measure(pruned: PrunedModel, *, source: str, sparsity: float, imgsz: int | 
         x_dense = torch.rand(1, 3, sizes[FULL], sizes[FULL]).to(model.dtype)
         x_dense = x_dense.contiguous(memory_format=torch.channels_last)
         run_dense = lambda: dense(x_dense)  # noqa: E731
-        resident, dense_resident = _storage_bytes(model), _storage_bytes(dense)
+        resident, dense_resident = storage_bytes(model), storage_bytes(dense)
         build_ms = disk_load_ms  # the alternative to a switch: build the full model and load it from disk
     else:
         from revperception.compiled import compile_network
 
         # what a switch spares: converting and compiling the full architecture
-        compiled_dense, build_ms, dense_resident = _built(lambda: compile_network(dense, sizes[FULL],
+        compiled_dense, build_ms, dense_resident = built(lambda: compile_network(dense, sizes[FULL],
                                                                                   resolve(precision)))
         request = compiled_dense.create_infer_request()
         x_np = torch.rand(1, 3, sizes[FULL], sizes[FULL]).numpy()
         run_dense = lambda: request.infer({0: x_np})  # noqa: E731
-        model, _, resident = _built(lambda: build_levels(pruned, backend=backend, precision=precision,
+        model, _, resident = built(lambda: build_levels(pruned, backend=backend, precision=precision,
                                                          start_level=FULL, sizes=sizes))
 
     def level(name: str) -> Callable[[], object]:

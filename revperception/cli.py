@@ -48,8 +48,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _prune_only(args: argparse.Namespace) -> int:
-    from revperception.bench import measure_levels
     from revperception.checkpoint import save_reversible
+    from revperception.measure import measure_levels
     from revperception.models import load_model
     from revperception.pruning import encodings
     from revperception.pruning.prune import prune_to_levels
@@ -73,12 +73,12 @@ def _prune_only(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from revperception.checkpoint import load_reversible
+    from revperception.detector import build_levels
     from revperception.io import atomic_write_text
     from revperception.models import load_model
     from revperception.offline.evaluate import evaluate
     from revperception.pruning import FULL
     from revperception.pruning.prune import prune_to_levels
-    from revperception.runtime import build_levels
 
     if bool(args.checkpoint) == bool(args.weights):
         print("revperception eval: error: give exactly one of --checkpoint or --weights", file=sys.stderr)

@@ -19,11 +19,12 @@ from ultralytics.utils.metrics import box_iou
 
 from conftest import ROOT
 from revperception.checkpoint import load_reversible
+from revperception.detector import ReversibleDetector, build_levels
 from revperception.export import BackendError
 from revperception.models import Detections
 from revperception.precision import FP32, cpu_has_amx, resolve
 from revperception.pruning import FULL, PRUNED
-from revperception.runtime import ReversibleDetector, build_levels, fuse_batchnorms, reduce_precision
+from revperception.runtime import fuse_batchnorms, reduce_precision
 from revperception.tools.synthetic import road_scene
 
 pytestmark = pytest.mark.slow  # OpenVINO compiles every level of the demo checkpoint, per precision
@@ -183,7 +184,7 @@ def test_without_openvino_the_torch_backend_runs_and_openvino_is_a_clear_error(t
 import sys
 sys.modules["openvino"] = None  # as if it were not installed: `import openvino` raises ImportError
 from revperception.export import BackendError
-from revperception.runtime import ReversibleDetector
+from revperception.detector import ReversibleDetector
 import numpy as np
 detector = ReversibleDetector.from_checkpoint({str(DEMO)!r})
 print("torch", detector.predict(np.zeros((240, 320, 3), np.uint8)).level)

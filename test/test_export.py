@@ -12,7 +12,7 @@ import yaml
 
 from conftest import revperception
 from revperception.checkpoint import load_reversible
-from revperception.runtime import build_levels
+from revperception.detector import build_levels
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,12 @@ import torch
 from conftest import BIN, SharedPath, randomise_batchnorms, spread_class_biases, synthetic_dataset
 from revperception.checkpoint import load_reversible, read_metadata
 from revperception.models import load_model
+from revperception.offline.allocation import used_parameters
 from revperception.offline.config import ALLOCATIONS, PruneConfig
-from revperception.offline.finetune import freeze_batchnorm
+from revperception.offline.finetune import freeze_batchnorm, own_parameters, owned, train_level
 from revperception.offline.masks import ChannelMasks, trainable_only
+from revperception.offline.pipeline import allocate
+from revperception.offline.state import PipelineState
 from revperception.pruning import FULL, PRUNED, find_groups
 from revperception.runtime import ReversibleModel
 
@@ -93,26 +96,26 @@ def test_the_report_judges_levels_on_the_test_split_beside_the_resolution_front(
     assert report["split"] == "test"
     assert set(report["front"]) == {"64", "128"}
     for entry in [*report["front"].values(), *report["levels"].values()]:
-        assert entry["latency_ms"] > 0 and entry["flops"] > 0 and 0 <= entry["map50"] <= 1
+        assert entry["latency_ms"] > 0 and entry["flops"] > 0
+    # the full level is the dense model at 128 px: the same cost and (to rounding) the same detections
     assert report["front"]["128"]["flops"] == report["levels"][FULL]["flops"]
+    assert report["front"]["128"]["params"] == report["levels"][FULL]["params"]
+    assert report["levels"][FULL]["map50"] == pytest.approx(report["front"]["128"]["map50"], abs=1e-3)
     assert (out.parent / "n_map_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "level pruned" in proc.stdout and "vs front" in proc.stdout
     assert read_metadata(out)["info"]["allocation"] == "flops"  # as asked on the command line
 
 
 def test_a_levels_own_state_trains_while_shared_and_pruned_entries_stay_put() -> None:
-    """What train_level optimises: BatchNorm terms of live channels and the head's biases, nothing else."""
+    """What train_level optimises: BatchNorm shifts of live channels and the head's biases, nothing else."""
     torch.manual_seed(0)
     model = load_model("yolov5n.yaml").model
     groups, _ = find_groups(model, torch.zeros(1, 3, 64, 64))
     masks = ChannelMasks(model, groups)
     keep = [torch.arange(g.size) < g.size // 2 for g in groups]
     masks.zero_pruned(keep)
-    used = masks.parameter_masks(keep)
-    own = {p: used.get(p, torch.ones(p.shape, dtype=torch.bool)) for m in model.modules()
-           if isinstance(m, torch.nn.BatchNorm2d) for p in (m.weight, m.bias)}
-    own.update({m.bias: torch.ones(m.bias.shape, dtype=torch.bool) for m in model.modules()
-                if isinstance(m, torch.nn.Conv2d) and m.bias is not None})
+    own = own_parameters(model, masks.parameter_masks(keep))
+    assert not any(p is m.weight for p in own for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = copy.deepcopy(model.state_dict())
     model.train()
     freeze_batchnorm(model)  # as the pipeline trains: statistics stay put
@@ -131,6 +134,35 @@ def test_a_levels_own_state_trains_while_shared_and_pruned_entries_stay_put() ->
         assert torch.equal(after[names[p]][~mask], before[names[p]][~mask]), "a pruned channel's term moved"
 
 
+def test_the_phases_allocate_nested_levels_and_train_one_without_touching_the_shared_weights(
+        data: Path, weights: Path, tmp_path: Path) -> None:
+    """The public phases one by one: each level meets its share of the sparsity in whole blocks, smaller levels
+    keep subsets of larger ones, and a level's training returns only entries it owns, leaving the model as it was."""
+    cfg = PruneConfig(weights=str(weights), data=str(data), out=str(tmp_path / "p.rvp.safetensors"), imgsz=64,
+                      levels=2, sparsity=0.3, calibration=4, batch=4, epochs=1, patience=1, front=[64])
+    state = PipelineState.from_config(cfg)
+    assert state.names == (PRUNED, "level1", FULL) and state.sizes == {PRUNED: 64, "level1": 64, FULL: 64}
+    levels = allocate(state)
+    full = [g.size for g in state.groups]
+    assert list(levels.keep[FULL]) == full
+    for small, large in ((PRUNED, "level1"), ("level1", FULL)):
+        assert all(a <= b for a, b in zip(levels.keep[small], levels.keep[large], strict=True))
+    assert all(k % 8 == 0 or k == size for k, size in zip(levels.keep[PRUNED], full, strict=True))
+    masks = ChannelMasks(state.model, state.groups)
+    total = sum(p.numel() for p in state.model.parameters())
+    for name, goal in ((PRUNED, 0.3), ("level1", 0.15)):
+        alive = [torch.arange(g.size) < k for g, k in zip(state.groups, levels.keep[name], strict=True)]
+        assert 1 - used_parameters(masks, state.model, alive) / total >= goal
+    before = copy.deepcopy(state.model.state_dict())
+    trained = train_level(state.model, state.teacher, state.groups, levels.keep[PRUNED], imgsz=64, cfg=cfg,
+                          stride=state.loaded.stride, device=state.device)
+    after = state.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "training a level moved the shared weights"
+    assert trained.private and all(owned(k, state.model) for k in trained.private)
+    assert all(not torch.equal(v, before[k]) for k, v in trained.private.items())
+    assert [e["epoch"] for e in trained.record["epochs"]] == [0, 1] and trained.record["imgsz"] == 64
+
+
 def test_the_cli_is_generated_from_the_config() -> None:
     """Every PruneConfig field is a `prune` option with its default and help; choices come from the registry."""
     proc = subprocess.run([str(BIN / "revperception"), "prune", "--help"], capture_output=True, text=True,
@@ -145,8 +177,8 @@ def test_the_cli_is_generated_from_the_config() -> None:
         PruneConfig(weights="w", data="d", out="o.rvp.safetensors", allocation="random")
 
 
-def test_eval_cli_uses_a_levels_own_input_size(run, data: Path, tmp_path: Path) -> None:
-    out, _, _ = run
+def test_eval_cli_uses_a_levels_own_input_size_and_agrees_with_the_report(run, data: Path, tmp_path: Path) -> None:
+    out, report, _ = run
     result = tmp_path / "eval.json"
     proc = subprocess.run([str(BIN / "revperception"), "eval", "--checkpoint", str(out), "--level", PRUNED,
                            "--data", str(data), "--split", "test", "--json", str(result)], capture_output=True,
@@ -154,6 +186,8 @@ def test_eval_cli_uses_a_levels_own_input_size(run, data: Path, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-2000:]
     values = json.loads(result.read_text())
     assert values["level"] == PRUNED and values["imgsz"] == 64 and values["images"] == 4
+    assert (values["map50"], values["map50_95"]) == pytest.approx(
+        (report["levels"][PRUNED]["map50"], report["levels"][PRUNED]["map50_95"]), abs=1e-6)
     bad = subprocess.run([str(BIN / "revperception"), "eval", "--checkpoint", str(out), "--level", "tiny",
                           "--data", str(data)], capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 1 and "unknown level 'tiny'" in bad.stderr

@@ -60,6 +60,45 @@ def test_core_imports_no_rclpy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def _internal_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazy (function-level) imports included."""
+    modules = {}
+    for path in (ROOT / "revperception").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_layers_read_top_down_with_no_import_cycle() -> None:
+    """No module imports one that (directly or through others) imports it back, not even lazily; the file format
+    knows nothing of models."""
+    graph = _internal_imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            assert state.get(target) != 1, f"import cycle: {' -> '.join([*path, target])}"
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert graph["revperception.checkpoint.format"] <= {"revperception.io"}
+    assert "revperception.compiled" in graph["revperception.detector"]  # the walk sees what it must
+
+
 def test_child_processes_keep_every_torch_thread() -> None:
     """Ultralytics sets OMP_NUM_THREADS=1 on import when it is unset; the nodes we start must not inherit that."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

@@ -21,6 +21,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import SetBool
@@ -39,6 +40,9 @@ from revperception.tools.synthetic import road_frame
 pytestmark = pytest.mark.ros
 
 FRAME = road_frame(0)[::4, ::4].copy()  # 160x120: quick on two cores
+# ~/mode as the node offers it (reliable, latched), with a history deep enough that no change is overwritten
+# before the test's callback takes it
+MODE_HISTORY = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _namespaces = iter(range(1_000_000))
 
 
@@ -65,7 +69,7 @@ class Rig(NodeRig):
                                             "image/compressed" if compressed else "image", qos.IMAGE_RELIABLE)
         self.anomaly = node.create_publisher(Bool, "anomaly", qos.ANOMALY)
         node.create_subscription(Detection2DArray, "detections", self.detections.append, qos.DETECTIONS)
-        node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), qos.MODE)
+        node.create_subscription(String, "revperception/mode", lambda m: self.modes.append(m.data), MODE_HISTORY)
         node.create_subscription(DiagnosticArray, "revperception/frame_info",
                                  lambda m: self.frames.append({**values(m), "stamp": m.header.stamp.sec}),
                                  qos.DETECTIONS)
@@ -321,7 +325,8 @@ def test_console_script_with_params_file_and_remap(ros_context: None, tiny_check
         images = probe.create_publisher(Image, "/camera/image_raw", qos.IMAGE_RELIABLE)
         anomaly = probe.create_publisher(Bool, "/vehicle/anomaly", qos.ANOMALY)
         probe.create_subscription(Detection2DArray, "/vehicle/detections", replies.append, qos.DETECTIONS)
-        probe.create_subscription(String, "/vehicle/revperception/mode", lambda m: modes.append(m.data), qos.MODE)
+        probe.create_subscription(String, "/vehicle/revperception/mode", lambda m: modes.append(m.data),
+                                  MODE_HISTORY)
         assert spin_until(probe, lambda: images.get_subscription_count() > 0 and modes, 120.0), "node not up"
         assert modes == [PRUNED]
         assert spin_until(probe, resending(anomaly, Bool(data=True), lambda: modes[-1] == FULL), 30.0)
@@ -394,7 +399,8 @@ def test_with_the_shipped_parameters_a_dead_monitor_means_full(ros_context: None
             probe, (monitor_proc, node)):
         modes: list[str] = []
         reasons: list[str] = []
-        probe.create_subscription(String, "/failsafe/revperception/mode", lambda m: modes.append(m.data), qos.MODE)
+        probe.create_subscription(String, "/failsafe/revperception/mode", lambda m: modes.append(m.data),
+                                  MODE_HISTORY)
 
         def on_diagnostics(msg: DiagnosticArray) -> None:
             if msg.status and msg.status[0].hardware_id == "/failsafe/revperception":

@@ -1,8 +1,10 @@
-"""yolov5 release checkpoints: restricted unpickling, the rebuilt network, its anchor head and its detections."""
+"""yolov5 release checkpoints: weights-only unpickling into stubs, the rebuilt network, its head, its detections."""
 
 from __future__ import annotations
 
+import collections
 import copy
+import os
 from pathlib import Path
 
 import cv2
@@ -45,6 +47,9 @@ def release(shared: SharedPath):
 
 def test_release_checkpoint_loads_as_float32_yolov5n(release, shared: SharedPath) -> None:
     assert is_release_checkpoint(shared("models/yolov5n.pt"))
+    allowed = set(torch.serialization.get_safe_globals())
+    load_release_checkpoint(shared("models/yolov5n.pt"))
+    assert set(torch.serialization.get_safe_globals()) == allowed  # the stubs are allowlisted for our load only
     assert release.arch["family"] == "yolov5-release"
     assert release.names[0] == "person" and release.names[79] == "toothbrush"
     assert release.stride == 32 and release.model.stride.tolist() == [8, 16, 32]
@@ -81,24 +86,49 @@ def _touch(path: str) -> None:
 
 
 class _Payload:
-    """Unpickling this calls `_touch` on its path, as a hostile checkpoint would run its code."""
+    """Unpickling this calls `call(*args)`, as a hostile checkpoint would run its code."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, call: object, *args: str) -> None:
+        self.call, self.args = call, args
 
     def __reduce__(self) -> tuple:
-        return (_touch, (str(self.path),))
+        return (self.call, self.args)
 
 
-def test_foreign_globals_are_refused_without_running_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("call", [_touch, os.system], ids=["own_function", "os.system"])
+def test_foreign_globals_are_refused_without_running_them(tmp_path: Path, call: object) -> None:
     marker, ckpt = tmp_path / "ran", tmp_path / "hostile.pt"
-    torch.save({"model": _Payload(marker), "epoch": 1}, ckpt)
+    args = (str(marker),) if call is _touch else (f"touch '{marker}'",)
+    torch.save({"model": _Payload(call, *args), "epoch": 1}, ckpt)
+    allowed = set(torch.serialization.get_safe_globals())
     assert not is_release_checkpoint(ckpt)
-    with pytest.raises(ValueError, match=r"refusing to unpickle \S*_touch"):
+    name = r"\S*_touch" if call is _touch else r"(posix|nt)\.system"
+    with pytest.raises(ValueError, match=rf"{ckpt}: refusing to unpickle {name}: outside the names"):
         load_release_checkpoint(ckpt)
     assert not marker.exists()
-    torch.load(ckpt, weights_only=False)  # the unrestricted unpickler does run it: the payload is real
-    assert marker.exists()
+    assert set(torch.serialization.get_safe_globals()) == allowed
+    if call is _touch:
+        torch.load(ckpt, weights_only=False)  # the unrestricted unpickler does run it: the payload is real
+        assert marker.exists()
+
+
+def test_names_torch_allows_but_releases_never_use_are_refused(tmp_path: Path) -> None:
+    # torch's weights-only allowlist is wider than a release file's names: Counter, bytes (_codecs.encode), Size...
+    ckpt = tmp_path / "counter.pt"
+    torch.save({"model": collections.Counter(a=1), "extra": (b"x", torch.Size([1]))}, ckpt)
+    torch.load(ckpt, weights_only=True)  # torch alone accepts it
+    with pytest.raises(ValueError, match=r"refusing to unpickle _codecs\.encode, collections\.Counter, torch\.Size:"):
+        load_release_checkpoint(ckpt)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
+def test_pickles_the_name_check_cannot_read_are_refused_by_torch(tmp_path: Path) -> None:
+    # Protocol 4 names globals by STACK_GLOBAL, which the name check does not see; torch's unpickler refuses it.
+    marker, ckpt = tmp_path / "ran", tmp_path / "protocol4.pt"
+    torch.save({"model": _Payload(_touch, str(marker))}, ckpt, pickle_protocol=4)
+    with pytest.raises(ValueError, match="weights-only unpickler refused it"):
+        load_release_checkpoint(ckpt)
+    assert not marker.exists()
 
 
 def test_ultralytics_checkpoints_and_yamls_are_not_release(tmp_path: Path) -> None:

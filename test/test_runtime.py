@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import randomise_batchnorms, spread_class_biases
+from revperception.detector import ReversibleDetector
 from revperception.models import Detector, load_model
 from revperception.pruning import FULL, PRUNED
 from revperception.pruning.prune import PrunedModel, prune_to_levels
-from revperception.runtime import ReversibleDetector, ReversibleModel
+from revperception.runtime import ReversibleModel
 
 X = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
 
@@ -85,11 +86,11 @@ def test_a_thousand_switches_leave_outputs_bit_identical(pruned) -> None:
 
 
 def test_resident_bytes_stay_within_two_percent_of_dense(pruned) -> None:
-    from revperception.bench import _storage_bytes
+    from revperception.measure import storage_bytes
 
     dense = copy.deepcopy(pruned.model)
     model = reversible(pruned, fuse=False)
-    assert _storage_bytes(model) <= 1.02 * _storage_bytes(dense)
+    assert storage_bytes(model) <= 1.02 * storage_bytes(dense)
 
 
 def test_detector_levels_reverse_and_errors(pruned) -> None:

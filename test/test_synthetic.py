@@ -106,7 +106,7 @@ def test_demo_checkpoint_detects_drive_objects() -> None:
     import torch
     from torchvision.ops import box_iou
 
-    from revperception.runtime import ReversibleDetector
+    from revperception.detector import ReversibleDetector
 
     detector = ReversibleDetector.from_checkpoint(DEMO_CHECKPOINT)
     assert detector.levels == ("pruned", "full")

@@ -1,26 +1,25 @@
 """Original ultralytics/yolov5 release checkpoints (anchor-based head), loaded without the yolov5 code.
 
 A release `.pt` is a pickle of the yolov5 repository's module objects. Unpickling it normally imports
-that code and runs whatever the pickle names; here a restricted unpickler resolves only the handful of
-names such a checkpoint uses, every module class becomes an inert stub that merely receives its state,
-and the tensors are copied into a network rebuilt from `model.yaml` with Ultralytics' building blocks
-and `AnchorDetect`, whose eval output is Ultralytics' (B, 4 + nc, anchors) layout.
+that code and runs whatever the pickle names; here the pickle's global names are first checked against
+the handful such a checkpoint uses, then torch's weights-only unpickler loads it with every module class
+allowlisted as an inert stub that merely receives its state, and the tensors are copied into a network
+rebuilt from `model.yaml` with Ultralytics' building blocks and `AnchorDetect`, whose eval output is
+Ultralytics' (B, 4 + nc, anchors) layout.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import pickle
 import pickletools
-import types
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch._utils import _rebuild_parameter, _rebuild_tensor_v2
 from ultralytics.nn.modules import C3, Concat, Conv
 from ultralytics.utils.ops import make_divisible
 from ultralytics.utils.torch_utils import initialize_weights
@@ -45,31 +44,30 @@ _STUB_CLASSES = [
     ("torch.nn.modules.upsampling", "Upsample"),
     ("torch.nn.modules.container", "Sequential"), ("torch.nn.modules.container", "ModuleList"),
 ]
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(module, name): type(name, (_Stub,), {"__module__": __name__}) for module, name in _STUB_CLASSES},
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("__builtin__", "set"): set,  # protocol-2 pickles name the Python 2 module
-    ("builtins", "set"): set,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-}  # torch.load resolves the *Storage names itself, before find_class is asked
+_STUBS: dict[tuple[str, str], type[_Stub]] = {
+    (module, name): type(name, (_Stub,), {"__module__": __name__}) for module, name in _STUB_CLASSES
+}
+# The stubs under the names the pickle gives them, for torch's weights-only unpickler (it matches "module.name").
+_SAFE_GLOBALS = [(stub, f"{module}.{name}") for (module, name), stub in _STUBS.items()]
+# The other names a release pickle holds besides torch.*Storage, all on torch's own weights-only allowlist.
+_TORCH_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("__builtin__", "set"),  # protocol-2 pickles name the Python 2 module
+    ("builtins", "set"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+}
 _MODEL_CLASSES = {("models.yolo", "Model"), ("models.yolo", "DetectionModel")}  # v6.x and v7.0 names
+# safe_globals edits torch's process-wide allowlist: one load at a time, so none drops the stubs mid-unpickling.
+_LOAD_LOCK = threading.Lock()
 
 
-class _ReleaseUnpickler(pickle.Unpickler):
-    """Resolves only the globals of a release checkpoint: a crafted pickle cannot reach any other callable."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to unpickle {module}.{name}: not a name a yolov5 release checkpoint uses"
-            ) from None
-
-
-# What torch.load needs of a `pickle_module` for zip checkpoints: its Unpickler (and a name to check).
-_RESTRICTED_PICKLE = types.SimpleNamespace(__name__="revperception_release_pickle", Unpickler=_ReleaseUnpickler)
+def _is_release_global(module: str, name: str) -> bool:
+    """Whether a release checkpoint uses this global; torch's allowlist alone is wider (Counter, bytes, ...)."""
+    return (
+        (module, name) in _STUBS or (module, name) in _TORCH_GLOBALS
+        or (module == "torch" and name.endswith("Storage"))
+    )
 
 
 class SPPF(nn.Module):
@@ -234,13 +232,20 @@ def build_release_model(cfg: dict[str, Any]) -> ReleaseModel:
 
 
 def _pickle_globals(path: Path) -> set[tuple[str, str]]:
-    """The (module, name) globals a torch zip checkpoint's pickle references, read without executing it."""
+    """The (module, name) globals a torch zip checkpoint's pickle references, read without executing it.
+
+    The pickle is the one torch.load unpickles: data.pkl in the folder of the archive's first entry.
+    """
     with zipfile.ZipFile(path) as archive:
-        record = next((n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
-        if record is None:
-            raise ValueError(f"{path} is a zip file but not a torch checkpoint (no data.pkl)")
+        names = archive.namelist()
+        record = f"{names[0].split('/', 1)[0]}/data.pkl" if names else ""
+        if names.count(record) != 1:  # a second copy could be the one torch reads
+            raise ValueError(f"{path} is a zip file but not a torch checkpoint (no single data.pkl)")
         data = archive.read(record)
-    return {tuple(arg.split(" ", 1)) for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+    try:
+        return {tuple(arg.split(" ", 1)) for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from None
 
 
 def is_release_checkpoint(path: str | Path) -> bool:
@@ -261,14 +266,20 @@ def load_release_checkpoint(path: str | Path) -> LoadedModel:
         raise FileNotFoundError(f"no such checkpoint: {path}")
     if not zipfile.is_zipfile(path):  # every release since torch 1.6 is a zip; the legacy format is not read
         raise ValueError(f"{path} is not a readable torch checkpoint: not a torch zip archive")
+    found = _pickle_globals(path)
+    refused = sorted(f"{module}.{name}" for module, name in found if not _is_release_global(module, name))
+    if refused:  # checked before anything is unpickled
+        listed = ", ".join(refused)
+        raise ValueError(f"{path}: refusing to unpickle {listed}: outside the names a yolov5 release checkpoint uses")
     try:
-        ckpt = torch.load(path, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: {e}") from None
+        with _LOAD_LOCK, torch.serialization.safe_globals(_SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the backstop: a pickle the name check could not see through
+        raise ValueError(f"{path} is not a yolov5 release checkpoint: torch's weights-only unpickler refused it") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from None
     stub = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    if type(stub) not in {_ALLOWED_GLOBALS[name] for name in _MODEL_CLASSES}:
+    if type(stub) not in {_STUBS[name] for name in _MODEL_CLASSES}:
         raise ValueError(f"{path} holds no yolov5 detection model under 'ema' or 'model'")
     try:
         cfg = dict(stub.yaml)

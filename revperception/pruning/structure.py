@@ -54,9 +54,10 @@ def detection_outputs(model: nn.Module) -> list[nn.Module]:
     return [m for m in head.modules() if isinstance(m, nn.Conv2d) and id(m) not in inside_blocks]
 
 
-def _member(name: str, module: nn.Module, item: Any, size: int) -> Member:
+def _member(name: str, module: nn.Module, item: Any, size: int, graph: tp.DependencyGraph) -> Member:
     """A Torch-Pruning group item as a Member; refuses mappings a prefix cannot express."""
-    kind: Kind = "out" if "out_channels" in item.dep.handler.__name__ else "in"
+    # BatchNorm's in- and out-channel pruning are one function: Torch-Pruning counts it as out, as Member does.
+    kind: Kind = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
     if isinstance(module, nn.Conv2d) and module.groups != 1:
         raise ValueError(f"{name}: grouped/depthwise convs are not supported by prefix pruning")
     by_offset: dict[int, set[int]] = {}
@@ -101,7 +102,7 @@ def find_groups(
         for item in tp_group.items:
             module = item.dep.target.module
             if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
-                members.append(_member(names[module], module, item, size))
+                members.append(_member(names[module], module, item, size, graph))
             elif any(True for _ in module.parameters(recurse=False)):
                 raise ValueError(f"{names[module]} ({type(module).__name__}) carries pruned channels: unsupported")
         groups.append(ChannelGroup(names[root], size, tuple(sorted(set(members), key=lambda m: (m.module, m.kind)))))

@@ -1,7 +1,7 @@
 """The newest camera frame, pulled by the inference worker rather than pushed through the executor.
 
 A camera usually outpaces the model. Through the executor every frame would cost a wake-up of rclpy's
-Python executor (about 1 ms of interpreter time each, measured with `revperception bench-node`) only to be
+Python executor (interpreter time, holding the lock the inference thread needs; docs/node.md) only to be
 replaced by the next one. Here the image subscription sits in a callback group the executor never waits on;
 the worker waits on the subscription itself (in C, without the interpreter lock), takes every waiting frame
 when it is ready for one, keeps the newest and counts the others as dropped. Frames stay serialized until

@@ -11,13 +11,12 @@ The worker pulls frames itself (`LatestFrame`): the executor never wakes for a c
 newest waiting frame is deserialized and decoded; when the camera outpaces the model, a dropped frame costs
 one copy, not a Python message, an image and an executor turn.
 
-Every torch call (the checkpoint load too) runs on that one thread. torch's OpenMP gives each calling
-thread its own team; loading on one thread and inferring on another measured YOLOv5s at 640 on 2 cores
-at 80-94 ms per frame against 50-60 ms when one thread does both.
+Every torch call (the checkpoint load too) runs on that one thread: torch's OpenMP gives each calling
+thread its own team, and two teams on the same cores slow every frame.
 
-The executor is single-threaded on purpose. rclpy's MultiThreadedExecutor (Jazzy) re-scans its wait
-set while holding the interpreter lock whenever a callback is in flight; measured at imgsz 320 it
-starved the inference thread to 4-14 fps against 48 fps here (`revperception bench-node`).
+The executor is single-threaded on purpose: rclpy's MultiThreadedExecutor (Jazzy) re-scans its wait set
+while holding the interpreter lock whenever a callback is in flight, starving the inference thread.
+docs/node.md gives the measurements behind both choices.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
 from revperception.checkpoint import read_metadata
+from revperception.detector import ReversibleDetector
 from revperception.models.annotate import annotate
 from revperception.policy import Decision, LevelPolicy
 from revperception.pruning import FULL
@@ -60,7 +60,6 @@ from revperception.ros.latest_frame import LatestFrame
 from revperception.ros.node_base import NodeBase
 from revperception.ros.parameters import describe
 from revperception.ros.spin import run_node
-from revperception.runtime import ReversibleDetector
 
 NAME = "revperception"
 

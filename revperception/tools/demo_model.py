@@ -71,7 +71,7 @@ def evaluate_levels(checkpoint: Path, data: Path, imgsz: int) -> dict[str, dict[
 def drive_detections(checkpoint: Path, every: int = 10) -> dict[str, dict[str, dict[str, int]]]:
     """Per level, objects labelled and detected (per class) on every `every`-th frame of the default drive,
     clear and fogged apart: a sanity check that the demo model sees what the demo drive shows."""
-    from revperception.runtime import ReversibleDetector
+    from revperception.detector import ReversibleDetector
     from revperception.tools.synthetic import CLASSES, drive
 
     frames = [f for i, f in enumerate(drive()) if i % every == 0]
@@ -94,7 +94,8 @@ def build_demo_model(out: Path, work: Path, s: DemoSettings) -> dict[str, Any]:
     import ultralytics
 
     from revperception.io import atomic_write_bytes, atomic_write_text
-    from revperception.offline.pipeline import PruneConfig, run_pipeline
+    from revperception.offline.config import PruneConfig
+    from revperception.offline.pipeline import run_pipeline
     from revperception.tools.synthetic import write_dataset
 
     timing: dict[str, float] = {}

@@ -33,11 +33,12 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Header, String
 from vision_msgs.msg import Detection2DArray
 
+from revperception.detector import ReversibleDetector
+from revperception.measure import median_ms
 from revperception.pruning import FULL, PRUNED
 from revperception.ros import qos
 from revperception.ros.conversions import bgr_to_image
 from revperception.ros.spin import spin_until
-from revperception.runtime import ReversibleDetector
 from revperception.tools.synthetic import road_frame
 
 
@@ -113,12 +114,7 @@ def _bare_latencies(detector: ReversibleDetector, checkpoint: Path, image: np.nd
     for level in (PRUNED, FULL):
         detector.set_level(level)
         detector.predict(image)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            detector.predict(image)
-            times.append(time.perf_counter() - start)
-        out[f"{level}_ms"] = statistics.median(times) * 1e3
+        out[f"{level}_ms"] = median_ms(lambda: detector.predict(image), runs)
     reloads = []
     for _ in range(max(3, runs // 4)):
         start = time.perf_counter()

@@ -23,10 +23,10 @@ def main() -> None:
         rclpy.spin_once(node, timeout_sec=0.05)
     sent = 0
     start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        if sent < elapsed * rate:
-            publisher.publish(Bool(data=sent % 2 == 0))
-            sent += 1
+    while time.perf_counter() - start < seconds:
+        publisher.publish(Bool(data=sent % 2 == 0))
+        sent += 1
+        time.sleep(max(0.0, start + sent / rate - time.perf_counter()))  # the detector's rate, not a busy loop
     publisher.publish(Bool(data=True))
     print(sent + 1, flush=True)
     publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=60))

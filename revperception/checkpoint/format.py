@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import stat
 import struct
 import sys
 from collections.abc import Mapping
@@ -26,10 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from revperception.io import fsync_dir
-from revperception.models import build_model
-from revperception.pruning import FULL, ChannelGroup, Levels, encodings
-from revperception.pruning.prune import PrunedModel
+from revperception.io import atomic_path
 
 FORMAT_VERSION: int = 1
 SUFFIX = ".rvp.safetensors"
@@ -98,7 +93,7 @@ def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Checkpoint:
-    """Atomic: write a temp file in the same directory, flush+fsync, os.replace onto the target, fsync the dir.
+    """Atomic (`io.atomic_path`): a crash or a full disk never leaves half a checkpoint where a good one was.
 
     Adds format_version and weights_sha256 to the metadata (replacing any given, so a loaded checkpoint's
     metadata can be saved again). Tensors are saved contiguous, on CPU; tensors sharing memory (tied
@@ -115,27 +110,11 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], metad
     document = {**metadata, "format_version": FORMAT_VERSION, "weights_sha256": weights_sha256(prepared)}
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        # Claim the name with os.open so the kernel applies the umask; safetensors writes through a 0600 temp
-        # file of its own, so restore that mode afterwards: checkpoints get the usual 0644, not 0600.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-        save_file(prepared, tmp, metadata={METADATA_KEY: text})
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as written:  # safetensors closes its own handle; sync what it wrote
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(prepared, tmp, metadata={METADATA_KEY: text})
     except (SafetensorError, OSError) as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {err}") from err
-    except BaseException:  # KeyboardInterrupt included: never leave the temp file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return Checkpoint(tensors=prepared, metadata=json.loads(text), path=path)
 
 
@@ -317,57 +296,3 @@ def _parse_document(safetensors_metadata: object, path: Path) -> dict[str, Any]:
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise CheckpointCorruptError(f"checkpoint {path} has no valid weights_sha256 in its {METADATA_KEY!r} document")
     return document
-
-
-REVERSIBLE_KIND = "reversible-yolov5"
-PRIVATE_PREFIX = "level/"  # a level's own tensors are stored as level/<level>/<state-dict name>
-
-
-def save_reversible(path: str | Path, pruned: PrunedModel) -> Checkpoint:
-    """A pruned model as one checkpoint: shared weights + architecture, coupling map, levels, encodings."""
-    if not str(path).endswith(SUFFIX):
-        raise ValueError(f"checkpoint names end in {SUFFIX}, got {path}")
-    metadata = {
-        "kind": REVERSIBLE_KIND,
-        "arch": pruned.arch,
-        "names": {str(k): v for k, v in pruned.names.items()},
-        "stride": pruned.stride,
-        "imgsz": pruned.imgsz,
-        "groups": [g.to_json() for g in pruned.groups],
-        "levels": {"names": list(pruned.levels.names), "keep": pruned.levels.to_json(),
-                   "imgsz": dict(pruned.levels.imgsz)},
-        "encodings": {name: code.hex() for name, code in encodings(pruned.groups, pruned.levels).items()},
-        "info": pruned.info,
-    }
-    private = {f"{PRIVATE_PREFIX}{level}/{name}": tensor
-               for level, tensors in pruned.private.items() for name, tensor in tensors.items()}
-    return save_checkpoint(path, {**pruned.model.state_dict(), **private}, metadata)
-
-
-def load_reversible(path: str | Path) -> PrunedModel:
-    """Load and verify a reversible checkpoint and rebuild its network, without executing any pickle."""
-    checkpoint = load_checkpoint(path)
-    meta = checkpoint.metadata
-    try:
-        if meta.get("kind") != REVERSIBLE_KIND:
-            raise CheckpointCorruptError(f"checkpoint {path} is a {meta.get('kind')!r}, not a {REVERSIBLE_KIND}")
-        groups = [ChannelGroup.from_json(g) for g in meta["groups"]]
-        levels = Levels.from_json(meta["levels"]["keep"], meta["levels"]["names"], meta["levels"].get("imgsz"))
-        model = build_model(meta["arch"])
-        shared = {k: v for k, v in checkpoint.tensors.items() if not k.startswith(PRIVATE_PREFIX)}
-        model.load_state_dict(shared, strict=True, assign=True)
-        private: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in checkpoint.tensors.items():
-            if key.startswith(PRIVATE_PREFIX):
-                level, _, name = key.removeprefix(PRIVATE_PREFIX).partition("/")
-                if level not in levels.keep or level == FULL or name not in shared \
-                        or shared[name].shape != tensor.shape:
-                    raise ValueError(f"level tensor {key!r} matches no level below full and model entry")
-                private.setdefault(level, {})[name] = tensor
-        return PrunedModel(model=model.eval(), names={int(k): v for k, v in meta["names"].items()},
-                           stride=int(meta["stride"]), imgsz=int(meta["imgsz"]), arch=meta["arch"], groups=groups,
-                           levels=levels, info=meta.get("info", {}), private=private)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointCorruptError(f"checkpoint {path} does not describe a reversible model: {err}") from err
