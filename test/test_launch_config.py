@@ -11,7 +11,7 @@ from rclpy.parameter import Parameter
 
 from conftest import ROOT
 from revperception.ros import anomaly_monitor, perception_node
-from revperception.ros.parameters import PARAMS_FILES, render_params_file
+from revperception.ros.parameters import PARAMETERS_DOC, PARAMS_FILES, render_parameters_doc, render_params_file
 
 LAUNCH = ROOT / "launch" / "perception.launch.py"
 TOPICS = {"image", "anomaly"}  # the nodes' relative topic names that a launch argument may remap
@@ -84,3 +84,11 @@ def test_params_files_are_generated_from_the_parameter_tables(config: str, table
     for name, (default, _) in table.items():
         expected = [] if default is Parameter.Type.INTEGER_ARRAY else default
         assert values[name] == expected and type(values[name]) is type(expected), name
+
+
+def test_the_parameters_doc_is_generated_from_the_parameter_tables() -> None:
+    """docs/parameters.md is what the generator writes: a row per parameter of each node, with its default."""
+    text = (ROOT / PARAMETERS_DOC).read_text()
+    assert text == render_parameters_doc(), "stale: run `python -m revperception.ros.parameters`"
+    for table in (perception_node.PARAMETERS, anomaly_monitor.PARAMETERS):
+        assert all(f"| `{name}` |" in text for name in table)
