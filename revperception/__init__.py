@@ -1,6 +1,6 @@
 """revperception: reversible-pruning YOLOv5 perception for ROS 2.
 
-The core (models, pruning, checkpoint, runtime, offline) imports no rclpy;
+The core (models, pruning, checkpoint, runtime, compiled, detector, measure, offline) imports no rclpy;
 `revperception.ros` and `revperception.tools` are the ROS-facing layer.
 """
 
