@@ -206,6 +206,7 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     from dataclasses import MISSING, fields
 
     from revperception.offline.config import PruneConfig
+    from revperception.pruning.ranking import RANKINGS
 
     prune = sub.add_parser("prune", help="turn a YOLOv5 into a reversible *.rvp.safetensors checkpoint")
     for f in fields(PruneConfig):
@@ -223,7 +224,7 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     prune.add_argument("--no-finetune", action="store_true",
                        help="prune only, on the given weights (no data): uniform --filter-fraction per group")
     prune.add_argument("--filter-fraction", type=float, default=0.36, help="--no-finetune: filter fraction pruned")
-    prune.add_argument("--ranking", choices=("l1", "l2", "taylor"), default="l1",
+    prune.add_argument("--ranking", choices=RANKINGS, default="l1",
                        help="--no-finetune: filter importance")
     prune.set_defaults(func=_prune)
 

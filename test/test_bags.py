@@ -151,7 +151,9 @@ def test_sigint_closes_the_recording_and_clock_follows_the_bag(image_bag: Path, 
     assert proc.returncode == 0, stderr
     assert "(interrupted)" in stdout
     assert all(START_NS <= t <= START_NS + (FRAMES - 1) * PERIOD_NS for t in clocks)
-    assert bag_info(out).topics["/loop/image"].count > FRAMES  # looped, then closed complete on SIGINT
+    played = int(re.search(r"played (\d+)", stdout).group(1))
+    assert played > FRAMES  # looped
+    assert bag_info(out).topics["/loop/image"].count == played  # closed complete on SIGINT: every image played
 
 
 @pytest.mark.parametrize(("make", "reason"), [

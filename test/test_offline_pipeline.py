@@ -22,7 +22,7 @@ from revperception.offline.finetune import freeze_batchnorm, own_parameters, own
 from revperception.offline.masks import ChannelMasks, trainable_only
 from revperception.offline.pipeline import allocate
 from revperception.offline.state import PipelineState
-from revperception.pruning import FULL, PRUNED, find_groups
+from revperception.pruning import FULL, PRUNED, RANKINGS, find_groups
 from revperception.runtime import ReversibleModel
 
 pytestmark = pytest.mark.slow
@@ -170,7 +170,7 @@ def test_the_cli_is_generated_from_the_config() -> None:
     text = " ".join(proc.stdout.split())
     for f in fields(PruneConfig):
         assert f"--{f.name.replace('_', '-')}" in text
-    assert "{" + ",".join(ALLOCATIONS) + "}" in text
+    assert "{" + ",".join(ALLOCATIONS) + "}" in text and "--ranking {" + ",".join(RANKINGS) + "}" in text
     with pytest.raises(ValueError, match="one input size per pruned level"):
         PruneConfig(weights="w", data="d", out="o.rvp.safetensors", levels=2, level_imgsz=[320])
     with pytest.raises(ValueError, match="unknown allocation"):

@@ -194,6 +194,7 @@ class Recorder:
         self.node, self.bag = node, bag
         self.missing = {node.resolve_topic_name(t) for t in topics}
         self.subscriptions: dict[str, object] = {}
+        self.received: dict[str, int] = {}
         self.timer = node.create_timer(0.1, self.discover)
 
     def discover(self) -> None:
@@ -224,6 +225,7 @@ class Recorder:
             self.missing.discard(topic)  # last: ready() (main thread) must not see it neither missing nor subscribed
 
     def _on_message(self, topic: str, data: bytes) -> None:
+        self.received[topic] = self.received.get(topic, 0) + 1
         self.bag.write(topic, self.node.get_clock().now().nanoseconds, data)
 
     def ready(self) -> bool:
@@ -315,6 +317,12 @@ def replay(opts: ReplayOptions) -> ReplayResult:
         player.play()
         player.flush()
         if recorder is not None:
+            # What we played ourselves, the recorder takes before the executor stops, signal or not: acked is
+            # only delivered, and under load its callbacks can trail the publisher by many messages.
+            played = {p.topic_name: player.played[t] for t, p in player.publishers.items()
+                      if p.topic_name in recorder.subscriptions}
+            wait_polling(lambda: all(recorder.received.get(n, 0) >= k for n, k in played.items()),
+                         threading.Event(), opts.record_timeout_s)
             stop.wait(opts.record_linger_s)
     return ReplayResult(player.played, dict(bag.counts) if bag else {}, sorted(recorder.missing) if recorder else [],
                         stop.is_set(), time.monotonic() - began)
