@@ -35,8 +35,8 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (weight * values).sum() / weight.sum().clamp_min(1e-6)
 
 
-# Box errors in the anchor head's sigmoid space are about a tenth of the confidence divergences; this gain is
-# the one measured (YOLOv5n, 30 % sparsity, 96 COCO images: mAP50 0.37 -> 0.44 in 30 epochs).
+# Box errors in the anchor head's sigmoid space are about a tenth of the confidence divergences; this gain
+# brings them level (measured: docs/experiment-log.md, Losses).
 BOX_GAIN = 10.0
 
 
